@@ -1,0 +1,3 @@
+from mscale.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""One frozen configuration object, loaded once and passed down.
+
+Precedence for every setting: command-line flag > environment variable > `mscale.toml` > default.
+Paths are made absolute here, once, so nothing downstream depends on the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mscale.errors import MscaleError
+
+DEFAULT_BASE_URL = "https://api.binance.com"
+DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    base_url: str = DEFAULT_BASE_URL
+    archive_url: str = DEFAULT_ARCHIVE_URL
+    pace_ms: int = 250  # pause between REST calls
+    timeout_s: float = 10.0
+    max_retries: int = 8
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+    weight_limit: int = 6000  # Binance's per-minute request weight for market data
+    weight_slowdown: float = 0.8  # slow down once this share of the limit is used
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    minute_windows: tuple[int, ...] = (5, 15, 60)
+    z_window: int = 168  # hourly rows in a rolling z-score, current row excluded
+    minute_lag_hours: int = 0
+    symbols: tuple[str, ...] = ()  # empty = every symbol with data
+    start: str | None = None  # YYYY-MM-DD, inclusive, on ts
+    end: str | None = None  # YYYY-MM-DD, exclusive, on ts
+    memory_limit: str = "4GB"
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    project_root: Path
+    data_dir: Path
+    warehouse: Path
+    market: str = "spot"
+    quiet: bool = False
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+
+    @property
+    def market_dir(self) -> Path:
+        """Root of this market's shards: spot in the data dir, USDⓈ-M futures under `um/`."""
+        return self.data_dir if self.market == "spot" else self.data_dir / "um"
+
+    @property
+    def minute_dir(self) -> Path:
+        return self.market_dir / "minute"
+
+    @property
+    def hourly_dir(self) -> Path:
+        return self.market_dir / "hourly"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.market_dir / "reports"
+
+    @property
+    def derived_dir(self) -> Path:
+        return self.market_dir / "derived"
+
+    @property
+    def sql_dir(self) -> Path:
+        return self.project_root / "sql"
+
+    def with_features(self, **changes: Any) -> "Config":
+        return replace(self, features=replace(self.features, **changes))
+
+    def with_ingest(self, **changes: Any) -> "Config":
+        return replace(self, ingest=replace(self.ingest, **changes))
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` holding `mscale.toml` or the project's `sql/`; else `start`."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "mscale.toml").is_file() or (d / "sql" / "sources").is_dir():
+            return d
+    return start
+
+
+def _section(raw: dict, cls, name: str, overrides: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    values = dict(raw.get(name, {}))
+    unknown = set(values) - known
+    if unknown:
+        raise MscaleError(f"mscale.toml [{name}] has unknown keys {sorted(unknown)}: known keys are {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in list(values.items()):
+        if isinstance(v, list):
+            values[k] = tuple(v)
+    return cls(**values)
+
+
+def load_config(
+    *,
+    data_dir: str | os.PathLike | None = None,
+    warehouse: str | os.PathLike | None = None,
+    market: str | None = None,
+    quiet: bool = False,
+    project_root: str | os.PathLike | None = None,
+    ingest: dict[str, Any] | None = None,
+    features: dict[str, Any] | None = None,
+) -> Config:
+    """Build the Config from flags (arguments), then env, then `mscale.toml`, then defaults."""
+    root = Path(project_root).resolve() if project_root else find_project_root()
+    toml_path = root / "mscale.toml"
+    raw: dict[str, Any] = {}
+    if toml_path.is_file():
+        try:
+            raw = tomllib.loads(toml_path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise MscaleError(f"{toml_path} is not valid TOML ({e}); fix or remove it") from None
+
+    def pick(flag, env, key, default):
+        if flag is not None:
+            return flag
+        if os.environ.get(env):
+            return os.environ[env]
+        return raw.get(key, default)
+
+    data = Path(pick(data_dir, "MSCALE_DATA_DIR", "data_dir", root / "data"))
+    wh = Path(pick(warehouse, "MSCALE_WAREHOUSE", "warehouse", root / "warehouse" / "mscale.duckdb"))
+    data = data if data.is_absolute() else (Path.cwd() / data)
+    wh = wh if wh.is_absolute() else (Path.cwd() / wh)
+    mk = market or raw.get("market", "spot")
+    if mk not in ("spot", "um"):
+        raise MscaleError(f"unknown market {mk!r}: use spot or um")
+    return Config(
+        project_root=root,
+        data_dir=data.resolve(),
+        warehouse=wh.resolve(),
+        market=mk,
+        quiet=quiet,
+        ingest=_section(raw, IngestSettings, "ingest", ingest or {}),
+        features=_section(raw, FeatureSettings, "features", features or {}),
+    )

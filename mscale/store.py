@@ -1,0 +1,269 @@
+"""The one Parquet writer every source uses, and the readers of the shard layout (CONTRACT §1).
+
+Guarantees of everything written here:
+- one shard per symbol and UTC calendar month (minutes: `minute/binance_{S}_1m_YYYYMM.parquet`;
+  hours: `hourly/binance_{S}_1h_YYYYMMDD_YYYYMMDD.parquet`, first and last day present);
+- rows in KLINE_SCHEMA, sorted by `open_time`, unique `open_time`, Snappy-compressed;
+- merges by `open_time`, the incoming row winning over a stored one, so re-running is idempotent;
+- atomic: a temp file in the same folder, fsynced, then `os.replace`; a reader or a crash never
+  sees a half-written shard, and an unreadable existing shard stops the write instead of being
+  replaced by less data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mscale.errors import CorruptShardError, MscaleError
+from mscale.schema import KLINE_SCHEMA, validate_interval, validate_symbol
+
+META_COMPLETE = b"mscale.complete"
+META_SOURCE = b"mscale.source"
+META_DUPLICATES = b"mscale.duplicates_dropped"
+
+_MINUTE_RE = re.compile(r"^binance_([A-Z0-9]{2,20})_1m_(\d{4})(\d{2})\.parquet$")
+_HOURLY_RE = re.compile(r"^binance_([A-Z0-9]{2,20})_1h_(\d{8})_(\d{8})\.parquet$")
+
+
+def interval_dir(market_dir: Path, interval: str) -> Path:
+    return Path(market_dir) / ("minute" if validate_interval(interval) == "1m" else "hourly")
+
+
+def minute_shard_path(market_dir: Path, symbol: str, year: int, month: int) -> Path:
+    return Path(market_dir) / "minute" / f"binance_{validate_symbol(symbol)}_1m_{year:04d}{month:02d}.parquet"
+
+
+def hourly_shard_path(market_dir: Path, symbol: str, first_day: date, last_day: date) -> Path:
+    return (
+        Path(market_dir)
+        / "hourly"
+        / f"binance_{validate_symbol(symbol)}_1h_{first_day:%Y%m%d}_{last_day:%Y%m%d}.parquet"
+    )
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    symbol: str
+    interval: str
+    year: int
+    month: int
+
+
+def list_shards(market_dir: Path, interval: str, symbol: str | None = None) -> list[Shard]:
+    """Every shard of `interval` (optionally one symbol), sorted by symbol then month."""
+    folder = interval_dir(market_dir, interval)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.iterdir():
+        if interval == "1m":
+            m = _MINUTE_RE.match(p.name)
+            if m:
+                out.append(Shard(p, m[1], interval, int(m[2]), int(m[3])))
+        else:
+            m = _HOURLY_RE.match(p.name)
+            if m:
+                out.append(Shard(p, m[1], interval, int(m[2][:4]), int(m[2][4:6])))
+    out = [s for s in out if symbol is None or s.symbol == symbol]
+    return sorted(out, key=lambda s: (s.symbol, s.year, s.month, s.path.name))
+
+
+def symbols_with_data(market_dir: Path, interval: str) -> list[str]:
+    return sorted({s.symbol for s in list_shards(market_dir, interval)})
+
+
+def read_shard(path: Path) -> pa.Table:
+    """Read one shard in KLINE_SCHEMA; an unreadable file raises CorruptShardError naming it."""
+    try:
+        table = pq.read_table(path)
+        if "symbol" not in table.column_names:
+            m = _MINUTE_RE.match(path.name) or _HOURLY_RE.match(path.name)
+            table = table.add_column(0, "symbol", pa.array([m[1] if m else ""] * table.num_rows, pa.string()))
+        return table.select(KLINE_SCHEMA.names).cast(KLINE_SCHEMA)
+    except (OSError, pa.ArrowInvalid, KeyError, ValueError) as e:
+        raise CorruptShardError(
+            f"existing shard {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            "move it aside and re-run to fetch that month again"
+        ) from None
+
+
+def shard_metadata(path: Path) -> dict[bytes, bytes]:
+    try:
+        return dict(pq.read_schema(path).metadata or {})
+    except (OSError, pa.ArrowInvalid) as e:
+        raise CorruptShardError(f"existing shard {path} is unreadable ({e}); move it aside and re-run") from None
+
+
+def is_complete(path: Path) -> bool:
+    """True when the shard was marked complete (a past month fully fetched from a closed source)."""
+    return path.is_file() and shard_metadata(path).get(META_COMPLETE) == b"1"
+
+
+def read_klines(market_dir: Path, interval: str, symbol: str) -> pa.Table:
+    """All rows of one symbol and interval, sorted by open_time."""
+    shards = list_shards(market_dir, interval, symbol)
+    if not shards:
+        return KLINE_SCHEMA.empty_table()
+    table, _ = dedupe_sorted(pa.concat_tables([read_shard(s.path) for s in shards]))
+    return table
+
+
+def dedupe_sorted(table: pa.Table) -> tuple[pa.Table, int]:
+    """Sort by open_time and keep the last row of each open_time; returns (table, rows dropped).
+
+    "Last" is by position, so when stored rows come before incoming ones the incoming row wins.
+    """
+    n = table.num_rows
+    if n == 0:
+        return table, 0
+    ot = table.column("open_time").cast(pa.int64()).to_numpy()
+    order = np.lexsort((np.arange(n), ot))
+    ot_sorted = ot[order]
+    keep_last = np.ones(n, dtype=bool)
+    keep_last[:-1] = ot_sorted[:-1] != ot_sorted[1:]
+    idx = order[keep_last]
+    return table.take(pa.array(idx)), int(n - len(idx))
+
+
+@dataclass
+class WriteResult:
+    """What one `write_klines` call did, per shard path."""
+
+    rows_in: int = 0
+    duplicates_dropped: int = 0  # repeated open_times inside the incoming rows
+    rows_replaced: int = 0  # stored rows overwritten by an incoming row with the same open_time
+    shards: dict[str, int] = field(default_factory=dict)  # path -> rows now in the shard
+
+    def add(self, other: "WriteResult") -> None:
+        self.rows_in += other.rows_in
+        self.duplicates_dropped += other.duplicates_dropped
+        self.rows_replaced += other.rows_replaced
+        self.shards.update(other.shards)
+
+
+def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Write `table` to `path` so that `path` is either the old file or the complete new one."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise MscaleError(f"data dir {path.parent} is not writable ({e.strerror}); choose another with --data-dir") from None
+    try:
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table, f, compression="snappy")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _month_key(table: pa.Table) -> np.ndarray:
+    """year*100+month of each row's open_time (UTC)."""
+    ms = table.column("open_time").cast(pa.int64()).to_numpy()
+    months = ms.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)  # months since 1970-01
+    return (1970 + months // 12) * 100 + (months % 12) + 1
+
+
+def _split(table: pa.Table) -> Iterator[tuple[str, int, int, pa.Table]]:
+    """(symbol, year, month, rows) groups of a table."""
+    if table.num_rows == 0:
+        return
+    syms = table.column("symbol").to_numpy(zero_copy_only=False)
+    keys = _month_key(table)
+    for sym in np.unique(syms):
+        for ym in np.unique(keys[syms == sym]):
+            mask = (syms == sym) & (keys == ym)
+            yield str(sym), int(ym // 100), int(ym % 100), table.filter(pa.array(mask))
+
+
+def _merge_meta(stored: list[dict[bytes, bytes]], complete: bool, source: str | None, dups: int) -> dict[bytes, bytes]:
+    prev_dups = sum(int(m.get(META_DUPLICATES, b"0")) for m in stored)
+    sources = {s for m in stored for s in m.get(META_SOURCE, b"").decode().split(",") if s}
+    if source:
+        sources.add(source)
+    return {
+        META_COMPLETE: b"1" if complete or any(m.get(META_COMPLETE) == b"1" for m in stored) else b"0",
+        META_SOURCE: ",".join(sorted(sources)).encode(),
+        META_DUPLICATES: str(prev_dups + dups).encode(),
+    }
+
+
+def write_klines(
+    market_dir: Path,
+    interval: str,
+    table: pa.Table,
+    *,
+    source: str | None = None,
+    complete_months: Iterable[tuple[int, int]] = (),
+) -> WriteResult:
+    """Merge `table` (any symbols, any months) into the shard layout under `market_dir`.
+
+    Every (symbol, month) group is merged with what is stored, sorted, deduplicated by open_time
+    (incoming wins) and written atomically. `complete_months` marks shards as complete, so later
+    runs skip them; the mark is never removed by a later partial write.
+    """
+    validate_interval(interval)
+    table = table.select(KLINE_SCHEMA.names).cast(KLINE_SCHEMA)
+    complete = set(complete_months)
+    result = WriteResult(rows_in=table.num_rows)
+    for symbol, year, month, part in _split(table):
+        validate_symbol(symbol)
+        part, dups = dedupe_sorted(part)
+        if interval == "1m":
+            old_paths = [minute_shard_path(market_dir, symbol, year, month)]
+        else:
+            old_paths = [s.path for s in list_shards(market_dir, "1h", symbol) if (s.year, s.month) == (year, month)]
+        old_paths = [p for p in old_paths if p.exists()]
+        stored = [read_shard(p) for p in old_paths]
+        metas = [shard_metadata(p) for p in old_paths]
+        merged, replaced = part, 0
+        if stored:
+            stored_unique = dedupe_sorted(pa.concat_tables(stored))[0].num_rows
+            merged = dedupe_sorted(pa.concat_tables([*stored, part]))[0]
+            replaced = stored_unique + part.num_rows - merged.num_rows
+        meta = _merge_meta(metas, (year, month) in complete, source, dups)
+        if interval == "1m":
+            path = old_paths[0] if old_paths else minute_shard_path(market_dir, symbol, year, month)
+        else:
+            ot = merged.column("open_time")
+            first = pc.min(ot).as_py().date()
+            last = pc.max(ot).as_py().date()
+            path = hourly_shard_path(market_dir, symbol, first, last)
+        write_atomic(merged, path, meta)
+        for p in old_paths:  # hourly shards are renamed as their last day grows
+            if p != path:
+                p.unlink(missing_ok=True)
+        result.duplicates_dropped += dups
+        result.rows_replaced += replaced
+        result.shards[str(path)] = merged.num_rows
+    return result
+
+
+def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC calendar month."""
+    start = datetime(year, month, 1, tzinfo=timezone.utc)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+    return start, end
