@@ -1,0 +1,199 @@
+"""The `mscale` command line. Parses flags into one Config, calls the library, maps errors to exit codes.
+
+Every command takes --data-dir and --warehouse (flag > env > mscale.toml > default); bad input
+ends with a one-line `error: ...` on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date, datetime
+from pathlib import Path
+
+from mscale.config import Config, load_config
+from mscale.errors import MscaleError
+
+log = logging.getLogger("mscale")
+
+
+def _date(value: str) -> date:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def _symbols(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out: list[str] = []
+    for v in values:
+        out.extend(s.strip().upper() for s in v.split(",") if s.strip())
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data folder (default data/, env MSCALE_DATA_DIR)")
+    p.add_argument("--warehouse", help="DuckDB file (default warehouse/mscale.duckdb, env MSCALE_WAREHOUSE)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mscale", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo-data", help="write the synthetic demo market (offline, deterministic)")
+    _common(p)
+    p.add_argument("--symbols", nargs="+", help="symbols (default BTCUSDT ETHUSDT SOLUSDT)")
+    p.add_argument("--start", type=_date, default=date(2024, 1, 1), help="first UTC day (YYYY-MM-DD)")
+    p.add_argument("--months", type=int, default=6, help="calendar months to generate")
+    p.add_argument("--seed", type=int, default=7)
+
+    p = sub.add_parser("ingest", help="download Binance klines (bulk archive, REST or both)")
+    _common(p)
+    p.add_argument("--symbols", nargs="+", required=True)
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date, help="last UTC day, inclusive (default today)")
+    p.add_argument("--interval", default="1m", help="1m or 1h")
+    p.add_argument("--source", default="bulk", choices=["bulk", "rest", "auto"])
+    p.add_argument("--market", default=None, choices=["spot", "um"], help="spot (default) or USDⓈ-M futures")
+    p.add_argument("--base-url", help="REST base URL")
+    p.add_argument("--archive-url", help="bulk archive base URL")
+    p.add_argument("--pace-ms", type=int, help="pause between REST calls in ms")
+    p.add_argument("--force", action="store_true", help="re-download months already complete")
+
+    p = sub.add_parser("import", help="import local archive zips/CSVs or freqtrade JSON")
+    _common(p)
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--market", default=None, choices=["spot", "um"])
+    p.add_argument("--symbol", help="symbol, when file names do not say it")
+    p.add_argument("--interval", help="1m or 1h, when file names do not say it")
+
+    p = sub.add_parser("resample-hourly", help="derive hourly bars from minute shards")
+    _common(p)
+    p.add_argument("--symbols", nargs="+")
+    p.add_argument("--market", default=None, choices=["spot", "um"])
+
+    p = sub.add_parser("report", help="ingestion / data-quality report (table + JSON + CSV)")
+    _common(p)
+    p.add_argument("--symbols", nargs="+")
+    p.add_argument("--market", default=None, choices=["spot", "um"])
+
+    p = sub.add_parser("features", help="build or refresh the warehouse views, derived cache and checks")
+    _common(p)
+    p.add_argument("--full", action="store_true", help="recompute every month instead of refreshing")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--memory-limit")
+
+    p = sub.add_parser("sql", help="run SQL against the warehouse and print the result")
+    _common(p)
+    p.add_argument("query")
+    p.add_argument("--max-rows", type=int, default=40)
+
+    p = sub.add_parser("audit", help="leak test: rebuild features on truncated and poisoned copies of the data")
+    _common(p)
+    p.add_argument("--cuts", type=int, default=3, help="random cut times K")
+    p.add_argument("--symbols", nargs="+", help="symbols to sample (default: up to 2)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("bench", help="benchmarks (ingest, features)")
+    _common(p)
+    p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "features"])
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    ingest = {}
+    for key in ("base_url", "archive_url", "pace_ms"):
+        if getattr(args, key, None) is not None:
+            ingest[key] = getattr(args, key)
+    features = {}
+    if getattr(args, "threads", None):
+        features["threads"] = args.threads
+    if getattr(args, "memory_limit", None):
+        features["memory_limit"] = args.memory_limit
+    return load_config(
+        data_dir=args.data_dir,
+        warehouse=args.warehouse,
+        market=getattr(args, "market", None),
+        quiet=args.quiet,
+        ingest=ingest,
+        features=features,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    cmd = args.command
+    if cmd == "demo-data":
+        from mscale.demo import DEFAULT_SYMBOLS, write_demo
+
+        if args.months < 1:
+            raise MscaleError(f"--months must be at least 1, got {args.months}")
+        summary = write_demo(cfg, symbols=tuple(_symbols(args.symbols) or DEFAULT_SYMBOLS), start=args.start, months=args.months, seed=args.seed)
+        print(f"demo market written under {cfg.market_dir}: {summary}")
+    elif cmd == "ingest":
+        from mscale.ingest.runner import ingest
+
+        summary = ingest(cfg, symbols=_symbols(args.symbols), start=args.start, end=args.end, interval=args.interval, source=args.source, force=args.force)
+        print(summary)
+    elif cmd == "import":
+        from mscale.ingest.local import import_paths
+
+        summary = import_paths(cfg, args.paths, symbol=args.symbol, interval=args.interval)
+        print(summary)
+    elif cmd == "resample-hourly":
+        from mscale.resample import resample_hourly
+
+        for sym, rows in resample_hourly(cfg, _symbols(args.symbols)).items():
+            print(f"{sym}: {rows} hourly bars")
+    elif cmd == "report":
+        from mscale.report import build_report, format_report, write_report
+
+        reports = build_report(cfg, _symbols(args.symbols))
+        if not reports:
+            raise MscaleError(f"no shards under {cfg.market_dir}: run `mscale demo-data` or `mscale ingest` first")
+        json_path, csv_path = write_report(cfg, reports)
+        print(format_report(reports))
+        print(f"report saved to {json_path} and {csv_path}")
+    elif cmd == "features":
+        from mscale.warehouse.build import build_features
+
+        result = build_features(cfg, full=args.full)
+        print(result.summary())
+    elif cmd == "sql":
+        from mscale.warehouse.build import run_sql
+
+        print(run_sql(cfg, args.query, max_rows=args.max_rows))
+    elif cmd == "audit":
+        from mscale.warehouse.audit import audit, format_audit
+
+        result = audit(cfg, cuts=args.cuts, symbols=_symbols(args.symbols), seed=args.seed)
+        print(format_audit(result))
+        return 0 if result.ok else 1
+    elif cmd == "bench":
+        from mscale.bench import run_bench
+
+        run_bench(cfg, args.what, quick=args.quick)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _run(args)
+    except MscaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

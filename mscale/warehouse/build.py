@@ -1,0 +1,329 @@
+"""Build the warehouse: views in `warehouse/mscale.duckdb`, the derived feature cache, and the checks.
+
+Layers are created in folder order (see render.LAYERS). The `features` mart is materialised under
+`derived/features/symbol=S/YYYYMM.parquet`, one file per symbol and month of ts, and the published
+`features` view reads that cache. A month is recomputed only when its inputs changed: the minute
+and hourly shards of that month and the WARMUP_MONTHS before it (every feature looks back less
+than that), or the SQL and its parameters. Each run of months is computed from the same inputs
+with the same order-independent SQL, so a refresh is bit-identical to a rebuild from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mscale.config import Config
+from mscale.errors import CheckFailedError, MscaleError
+from mscale.store import list_shards, month_bounds, write_atomic
+from mscale.warehouse import render as r
+
+log = logging.getLogger(__name__)
+
+WARMUP_MONTHS = 2  # >= 59 days: longer than every feature's lookback (ADX + z-score: ~770 hourly rows)
+MAX_RUN_MONTHS = 12  # months computed in one query, to bound memory
+
+
+# --- connections and views -------------------------------------------------------------------
+
+
+def connect(database: str | Path = ":memory:", *, cfg: Config | None = None, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the project's threads / memory limit; the file's folder is created."""
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(database), read_only=read_only)
+    except duckdb.IOException as e:
+        raise MscaleError(f"cannot open warehouse {database} ({str(e).splitlines()[0]}); close other duckdb sessions on it and retry") from None
+    if cfg is not None:
+        con.execute(f"set threads = {int(cfg.features.threads)}")
+        con.execute(f"set memory_limit = {r._sql_string(cfg.features.memory_limit)}")
+    return con
+
+
+def install_macros(con: duckdb.DuckDBPyConnection, sql_dir: Path) -> None:
+    con.execute((Path(sql_dir) / r.MACROS_FILE).read_text())
+
+
+def create_views(
+    con: duckdb.DuckDBPyConnection,
+    sql_dir: Path,
+    params: r.RenderParams,
+    *,
+    mart_cache: str | None = None,
+    layers: tuple[str, ...] = tuple(layer for layer in r.LAYERS if layer != "checks"),
+) -> list[r.Model]:
+    """Create every model of `layers` as a view, in build order; the mart reads `mart_cache` if given."""
+    env = r.environment(sql_dir)
+    models = r.discover(sql_dir)
+    params = _with_extras(params, models)
+    install_macros(con, sql_dir)
+    created = []
+    for model in models:
+        if model.layer not in layers:
+            continue
+        if model.layer == "marts" and mart_cache is not None:
+            sql = f"select * from read_parquet({r.sql_paths(mart_cache)}, union_by_name = true)"
+        else:
+            sql = r.render(env, model, params)
+        try:
+            con.execute(f"create or replace view {model.name} as\n{sql}")
+        except duckdb.Error as e:
+            raise MscaleError(f"{model.path}: {str(e).splitlines()[0]}") from None
+        created.append(model)
+    return created
+
+
+def _with_extras(params: r.RenderParams, models: list[r.Model]) -> r.RenderParams:
+    from dataclasses import replace
+
+    extras = tuple(m.name for m in models if m.layer == "features/extra")
+    return replace(params, extra_models=extras)
+
+
+def compute_features(sql_dir: Path, params: r.RenderParams, *, cfg: Config | None = None) -> pa.Table:
+    """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts)."""
+    con = connect(cfg=cfg)
+    try:
+        create_views(con, sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
+        return con.execute("select * from features order by symbol, ts").fetch_arrow_table()
+    finally:
+        con.close()
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    name: str
+    failing_rows: int
+    sample: list[dict] = field(default_factory=list)
+
+
+def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderParams) -> list[CheckResult]:
+    """Run every template in `checks/`: each returns offending rows; empty means pass."""
+    env = r.environment(sql_dir)
+    results = []
+    for model in r.discover(sql_dir):
+        if model.layer != "checks":
+            continue
+        sql = r.render(env, model, params)
+        rel = con.sql(f"select * from ({sql})")
+        n = con.execute(f"select count(*) from ({sql})").fetchone()[0]
+        sample = [] if n == 0 else [dict(zip(rel.columns, row)) for row in rel.limit(10).fetchall()]
+        results.append(CheckResult(model.name, n, sample))
+    return results
+
+
+def store_check_results(con: duckdb.DuckDBPyConnection, results: list[CheckResult]) -> None:
+    con.execute(
+        "create or replace table check_results (check_name varchar, failing_rows bigint, sample varchar, checked_at timestamptz)"
+    )
+    now = datetime.now(timezone.utc)
+    con.executemany(
+        "insert into check_results values (?, ?, ?, ?)",
+        [(c.name, c.failing_rows, json.dumps(c.sample, default=str), now) for c in results],
+    )
+
+
+# --- materialisation ---------------------------------------------------------------------------
+
+
+def _month_index(year: int, month: int) -> int:
+    return year * 12 + month - 1
+
+
+def _month_of(index: int) -> tuple[int, int]:
+    return index // 12, index % 12 + 1
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    parts = []
+    for p in sorted(paths):
+        st = p.stat()
+        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def cache_path(cfg: Config, symbol: str, month_index: int) -> Path:
+    y, m = _month_of(month_index)
+    return cfg.derived_dir / "features" / f"symbol={symbol}" / f"{y:04d}{m:02d}.parquet"
+
+
+@dataclass
+class BuildResult:
+    months_computed: int = 0
+    months_skipped: int = 0
+    rows_written: int = 0
+    seconds: float = 0.0
+    checks: list[CheckResult] = field(default_factory=list)
+
+    def summary(self) -> str:
+        checks = ", ".join(f"{c.name}: {'ok' if c.failing_rows == 0 else f'{c.failing_rows} FAILING'}" for c in self.checks)
+        return (
+            f"features: {self.months_computed} symbol-months computed ({self.rows_written} rows), "
+            f"{self.months_skipped} unchanged, {self.seconds:.1f}s\nchecks: {checks}"
+        )
+
+
+def _runs(months: list[int]) -> list[tuple[int, int]]:
+    """Consecutive month indexes grouped into [first, last] runs of at most MAX_RUN_MONTHS."""
+    runs: list[tuple[int, int]] = []
+    for m in sorted(months):
+        if runs and m == runs[-1][1] + 1 and m - runs[-1][0] < MAX_RUN_MONTHS:
+            runs[-1] = (runs[-1][0], m)
+        else:
+            runs.append((m, m))
+    return runs
+
+
+def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
+    """Bring the derived feature cache up to date with the shards; returns what was done."""
+    started = time.perf_counter()
+    base = r.params_from_config(cfg)
+    sql_hash = r.sql_fingerprint(cfg.sql_dir, base)
+    manifest_path = cfg.derived_dir / "features" / "_manifest.json"
+    manifest = {} if full or not manifest_path.exists() else json.loads(manifest_path.read_text())
+    result = BuildResult()
+
+    minute_shards = {}
+    for s in list_shards(cfg.market_dir, "1m"):
+        minute_shards.setdefault(s.symbol, {}).setdefault(_month_index(s.year, s.month), []).append(s.path)
+    hourly_shards = {}
+    for s in list_shards(cfg.market_dir, "1h"):
+        hourly_shards.setdefault(s.symbol, {}).setdefault(_month_index(s.year, s.month), []).append(s.path)
+    symbols = sorted(hourly_shards)
+    if cfg.features.symbols:
+        symbols = [s for s in symbols if s in cfg.features.symbols]
+
+    for symbol in symbols:
+        hours = hourly_shards[symbol]
+        minutes = minute_shards.get(symbol, {})
+
+        def inputs(m: int) -> list[Path]:
+            return [p for k in range(m - WARMUP_MONTHS, m + 1) for p in (*minutes.get(k, []), *hours.get(k, []))]
+
+        wanted = {m: {"sql": sql_hash, "inputs": _fingerprint(inputs(m))} for m in hours}
+        todo = [m for m in hours if manifest.get(f"{symbol}/{m}") != wanted[m] or not cache_path(cfg, symbol, m).exists()]
+        result.months_skipped += len(hours) - len(todo)
+        for first, last in _runs(todo):
+            window_start = month_bounds(*_month_of(first - WARMUP_MONTHS))[0]
+            out_from = month_bounds(*_month_of(first))[0]
+            out_to = month_bounds(*_month_of(last))[1]
+            span = range(first - WARMUP_MONTHS, last + 1)
+            from dataclasses import replace
+
+            params = replace(
+                base,
+                minute_files=[p for k in span for p in minutes.get(k, [])],
+                hourly_files=[p for k in span for p in hours.get(k, [])],
+                symbols=(symbol,),
+                minute_from=window_start,
+                minute_to=out_to,
+                hourly_from=window_start,
+                hourly_to=out_to,
+                out_from=out_from,
+                out_to=out_to,
+            )
+            log.info("features %s %04d-%02d..%04d-%02d", symbol, *_month_of(first), *_month_of(last))
+            table = compute_features(cfg.sql_dir, params, cfg=cfg)
+            ts_months = _months_of_ts(table)
+            for m in range(first, last + 1):
+                part = table.filter(pc.equal(ts_months, m))
+                path = cache_path(cfg, symbol, m)
+                if part.num_rows:
+                    write_atomic(part, path)
+                else:
+                    path.unlink(missing_ok=True)
+                manifest[f"{symbol}/{m}"] = wanted[m]
+                result.months_computed += 1
+                result.rows_written += part.num_rows
+            _write_manifest(manifest_path, manifest)
+        for stale in (cfg.derived_dir / "features" / f"symbol={symbol}").glob("*.parquet"):
+            m = _month_index(int(stale.stem[:4]), int(stale.stem[4:6]))
+            if m not in hours:
+                stale.unlink()
+                manifest.pop(f"{symbol}/{m}", None)
+    if result.months_computed:
+        _write_manifest(manifest_path, manifest)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _months_of_ts(table: pa.Table) -> pa.Array:
+    """Month index of each row's hourly bar (open_time = ts - 1 h), the cache's partition key."""
+    import numpy as np
+
+    ms = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy() - 3_600_000
+    months = ms.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
+    return pa.array(months + 1970 * 12)
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# --- the whole build ----------------------------------------------------------------------------
+
+
+def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
+    """`mscale features`: refresh the cache, (re)create every view in the warehouse, run the checks.
+
+    Raises CheckFailedError (after storing the results) when any check returns rows.
+    """
+    if not list_shards(cfg.market_dir, "1h"):
+        raise MscaleError(
+            f"no hourly shards under {cfg.hourly_dir}: run `mscale demo-data`, `mscale ingest --interval 1h` "
+            "or `mscale resample-hourly` first"
+        )
+    result = materialise(cfg, full=full)
+    params = r.params_from_config(cfg)
+    if not list_shards(cfg.market_dir, "1m"):
+        params = r.RenderParams(**{**params.__dict__, "minute_files": ()})
+    cache = str(cfg.derived_dir / "features" / "symbol=*" / "*.parquet")
+    con = connect(cfg.warehouse, cfg=cfg)
+    try:
+        create_views(con, cfg.sql_dir, params, mart_cache=cache)
+        checks_started = time.perf_counter()
+        result.checks = run_checks(con, cfg.sql_dir, _with_extras(params, r.discover(cfg.sql_dir)))
+        store_check_results(con, result.checks)
+        log.info("checks took %.1fs", time.perf_counter() - checks_started)
+    finally:
+        con.close()
+    failing = [c for c in result.checks if c.failing_rows]
+    if failing:
+        lines = [f"{c.name}: {c.failing_rows} offending rows, e.g. {c.sample[:3]}" for c in failing]
+        raise CheckFailedError("warehouse checks failed:\n  " + "\n  ".join(lines))
+    return result
+
+
+def run_sql(cfg: Config, query: str, *, max_rows: int = 40) -> str:
+    """Run `query` against the warehouse (read-only) and format the result as a table."""
+    if not cfg.warehouse.exists():
+        raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` (or `make features`) first")
+    con = connect(cfg.warehouse, read_only=True)
+    try:
+        rel = con.sql(query)
+        if rel is None:
+            return "ok"
+        return rel.limit(max_rows).__str__() if max_rows else str(rel)
+    except duckdb.Error as e:
+        raise MscaleError(f"query failed: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()

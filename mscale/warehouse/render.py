@@ -1,0 +1,172 @@
+"""Render the `sql/` templates into SQL text.
+
+One SELECT per file; the file name is the relation name; folders are layers built in LAYERS order.
+Values from the user reach SQL only through the filters here: symbols are validated against the
+contract's pattern, paths and timestamps are quoted by us, numbers are checked ints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from mscale.config import Config
+from mscale.errors import MscaleError
+from mscale.schema import validate_symbol
+
+LAYERS = (
+    "sources",
+    "staging",
+    "features/hourly",
+    "features/minute",
+    "features/cross",
+    "features/time",
+    "features/normalise",
+    "features/extra",
+    "marts",
+    "labels",
+    "checks",
+)
+FEATURE_LAYERS = tuple(layer for layer in LAYERS if layer.startswith("features/")) + ("marts",)
+MACROS_FILE = "macros/functions.sql"
+
+
+@dataclass(frozen=True)
+class Model:
+    """One template: `name` is the relation it defines, `layer` its folder under sql/."""
+
+    name: str
+    layer: str
+    path: Path
+
+
+def discover(sql_dir: Path) -> list[Model]:
+    """Every template under `sql_dir`, in build order (layer order, then file name)."""
+    sql_dir = Path(sql_dir)
+    if not (sql_dir / "sources").is_dir():
+        raise MscaleError(f"no SQL templates under {sql_dir}: run mscale from the project folder or set project_root")
+    models = []
+    for layer in LAYERS:
+        for path in sorted((sql_dir / layer).glob("*.sql")):
+            models.append(Model(path.stem, layer, path))
+    return models
+
+
+def _sql_string(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_paths(paths: Any) -> str:
+    """A glob string or a list of absolute file paths, as a DuckDB literal."""
+    if isinstance(paths, (str, Path)):
+        return _sql_string(str(paths))
+    return "[" + ", ".join(_sql_string(str(p)) for p in paths) + "]"
+
+
+def sql_values(symbols: Any) -> str:
+    return ", ".join(_sql_string(validate_symbol(s)) for s in symbols)
+
+
+def sql_ts(value: datetime) -> str:
+    """A UTC timestamptz literal; naive datetimes are taken as UTC."""
+    if not isinstance(value, datetime):
+        raise MscaleError(f"expected a datetime, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return f"timestamptz '{value.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}+00'"
+
+
+def environment(sql_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(sql_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(sql_paths=sql_paths, sql_values=sql_values, sql_ts=sql_ts)
+    return env
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    """Everything a template may use. None / empty means "no restriction"."""
+
+    minute_files: Any = ()  # glob string or list of paths
+    hourly_files: Any = ()
+    symbols: tuple[str, ...] = ()
+    minute_from: datetime | None = None  # open_time bounds of the minutes read
+    minute_to: datetime | None = None
+    hourly_from: datetime | None = None
+    hourly_to: datetime | None = None
+    out_from: datetime | None = None  # mart rows with out_from < ts <= out_to
+    out_to: datetime | None = None
+    minute_windows: tuple[int, ...] = (5, 15, 60)
+    z_window: int = 168
+    minute_lag_hours: int = 0
+    check_sample_rows: int = 500
+    extra_models: tuple[str, ...] = field(default=())
+
+    def context(self) -> dict[str, Any]:
+        for w in self.minute_windows:
+            if not isinstance(w, int) or w < 1 or w > 60 or 60 % w:
+                raise MscaleError(f"minute window {w!r} must be a whole divisor of 60 minutes, e.g. 5, 15, 60")
+        if 60 not in self.minute_windows or 15 not in self.minute_windows:
+            raise MscaleError("minute_windows must include 15 and 60 (the contract's core columns use them)")
+        for name in ("z_window", "minute_lag_hours", "check_sample_rows"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (0 if name == "minute_lag_hours" else 2):
+                raise MscaleError(f"{name} must be a non-negative whole number, got {v!r}")
+        for s in self.symbols:
+            validate_symbol(s)
+        ctx = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        ctx["minute_windows"] = sorted(self.minute_windows)
+        return ctx
+
+
+def params_from_config(cfg: Config, **overrides: Any) -> RenderParams:
+    f = cfg.features
+
+    def day(value: str | None) -> datetime | None:
+        if not value:
+            return None
+        try:
+            return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise MscaleError(f"features date {value!r} is not YYYY-MM-DD") from None
+
+    base = dict(
+        minute_files=str(cfg.minute_dir / "binance_*_1m_*.parquet"),
+        hourly_files=str(cfg.hourly_dir / "binance_*_1h_*.parquet"),
+        symbols=tuple(f.symbols),
+        out_from=day(f.start),
+        out_to=day(f.end),
+        minute_windows=tuple(f.minute_windows),
+        z_window=f.z_window,
+        minute_lag_hours=f.minute_lag_hours,
+    )
+    base.update(overrides)
+    return RenderParams(**base)
+
+
+def render(env: jinja2.Environment, model: Model, params: RenderParams) -> str:
+    try:
+        return env.get_template(model.path.relative_to(env.loader.searchpath[0]).as_posix()).render(**params.context())
+    except jinja2.UndefinedError as e:
+        raise MscaleError(f"{model.path}: {e}; templates may only use the parameters in RenderParams") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise MscaleError(f"{e.filename or model.path}:{e.lineno}: template syntax error: {e.message}") from None
+
+
+def sql_fingerprint(sql_dir: Path, params: RenderParams) -> str:
+    """Hash of every template and the parameters that shape results (not the file lists)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(sql_dir).rglob("*.sql")):
+        h.update(path.relative_to(sql_dir).as_posix().encode())
+        h.update(path.read_bytes())
+    h.update(repr((sorted(params.minute_windows), params.z_window, params.minute_lag_hours)).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,7 @@
+-- grain: one row per duplicated (symbol, open_time)
+-- reads: klines_1h
+-- purpose: the view's grain is unique
+select symbol, open_time, count(*) as n_rows
+from klines_1h
+group by symbol, open_time
+having count(*) > 1
