@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from mscale.warehouse import render as r
 
 log = logging.getLogger(__name__)
 
-WARMUP_MONTHS = 2  # >= 59 days: longer than every feature's lookback (ADX + z-score: ~770 hourly rows)
-MAX_RUN_MONTHS = 12  # months computed in one query, to bound memory
+WARMUP_MONTHS = 2  # >= 59 days: longer than every feature's lookback (ADX + z-score: ~630 hourly rows)
+BLOCK_MONTHS = 3  # calendar quarters: the unit of computation and of recomputation
 
 
 # --- connections and views -------------------------------------------------------------------
@@ -83,15 +84,20 @@ def create_views(
 
 
 def _with_extras(params: r.RenderParams, models: list[r.Model]) -> r.RenderParams:
-    from dataclasses import replace
-
     extras = tuple(m.name for m in models if m.layer == "features/extra")
     return replace(params, extra_models=extras)
 
 
-def compute_features(sql_dir: Path, params: r.RenderParams, *, cfg: Config | None = None) -> pa.Table:
-    """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts)."""
-    con = connect(cfg=cfg)
+def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None) -> pa.Table:
+    """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts).
+
+    Runs single-threaded: DuckDB's parallel aggregation may add partial sums in any order, and
+    reproducible bits matter more here than one query's speed (callers parallelise across blocks).
+    """
+    con = connect()
+    con.execute("set threads = 1")
+    if memory_limit:
+        con.execute(f"set memory_limit = {r._sql_string(memory_limit)}")
     try:
         create_views(con, sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
         return con.execute("select * from features order by symbol, ts").fetch_arrow_table()
@@ -175,19 +181,13 @@ class BuildResult:
         )
 
 
-def _runs(months: list[int]) -> list[tuple[int, int]]:
-    """Consecutive month indexes grouped into [first, last] runs of at most MAX_RUN_MONTHS."""
-    runs: list[tuple[int, int]] = []
-    for m in sorted(months):
-        if runs and m == runs[-1][1] + 1 and m - runs[-1][0] < MAX_RUN_MONTHS:
-            runs[-1] = (runs[-1][0], m)
-        else:
-            runs.append((m, m))
-    return runs
-
-
 def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
-    """Bring the derived feature cache up to date with the shards; returns what was done."""
+    """Bring the derived feature cache up to date with the shards; returns what was done.
+
+    Work is split into fixed blocks of BLOCK_MONTHS calendar months per symbol. A block is always
+    computed from the same inputs (its months plus the WARMUP_MONTHS before them), single-threaded,
+    so its output bits do not depend on when or how often it was computed; blocks run in parallel.
+    """
     started = time.perf_counter()
     base = r.params_from_config(cfg)
     sql_hash = r.sql_fingerprint(cfg.sql_dir, base)
@@ -195,66 +195,67 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     manifest = {} if full or not manifest_path.exists() else json.loads(manifest_path.read_text())
     result = BuildResult()
 
-    minute_shards = {}
+    minute_shards: dict[str, dict[int, list[Path]]] = {}
     for s in list_shards(cfg.market_dir, "1m"):
         minute_shards.setdefault(s.symbol, {}).setdefault(_month_index(s.year, s.month), []).append(s.path)
-    hourly_shards = {}
+    hourly_shards: dict[str, dict[int, list[Path]]] = {}
     for s in list_shards(cfg.market_dir, "1h"):
         hourly_shards.setdefault(s.symbol, {}).setdefault(_month_index(s.year, s.month), []).append(s.path)
     symbols = sorted(hourly_shards)
     if cfg.features.symbols:
         symbols = [s for s in symbols if s in cfg.features.symbols]
 
+    jobs = []
     for symbol in symbols:
         hours = hourly_shards[symbol]
         minutes = minute_shards.get(symbol, {})
-
-        def inputs(m: int) -> list[Path]:
-            return [p for k in range(m - WARMUP_MONTHS, m + 1) for p in (*minutes.get(k, []), *hours.get(k, []))]
-
-        wanted = {m: {"sql": sql_hash, "inputs": _fingerprint(inputs(m))} for m in hours}
-        todo = [m for m in hours if manifest.get(f"{symbol}/{m}") != wanted[m] or not cache_path(cfg, symbol, m).exists()]
-        result.months_skipped += len(hours) - len(todo)
-        for first, last in _runs(todo):
-            window_start = month_bounds(*_month_of(first - WARMUP_MONTHS))[0]
-            out_from = month_bounds(*_month_of(first))[0]
-            out_to = month_bounds(*_month_of(last))[1]
+        for block in sorted({m // BLOCK_MONTHS for m in hours}):
+            first, last = block * BLOCK_MONTHS, block * BLOCK_MONTHS + BLOCK_MONTHS - 1
             span = range(first - WARMUP_MONTHS, last + 1)
-            from dataclasses import replace
-
+            minute_files = [p for k in span for p in minutes.get(k, [])]
+            hourly_files = [p for k in span for p in hours.get(k, [])]
+            wanted = {"sql": sql_hash, "inputs": _fingerprint(minute_files + hourly_files)}
+            out_months = [m for m in range(first, last + 1) if m in hours]
+            key = f"{symbol}/{block}"
+            if manifest.get(key) == wanted and all(cache_path(cfg, symbol, m).exists() for m in out_months):
+                result.months_skipped += len(out_months)
+                continue
+            window_start = month_bounds(*_month_of(first - WARMUP_MONTHS))[0]
+            out_to = month_bounds(*_month_of(last))[1]
             params = replace(
                 base,
-                minute_files=[p for k in span for p in minutes.get(k, [])],
-                hourly_files=[p for k in span for p in hours.get(k, [])],
+                minute_files=minute_files,
+                hourly_files=hourly_files,
                 symbols=(symbol,),
                 minute_from=window_start,
                 minute_to=out_to,
                 hourly_from=window_start,
                 hourly_to=out_to,
-                out_from=out_from,
+                out_from=month_bounds(*_month_of(first))[0],
                 out_to=out_to,
             )
-            log.info("features %s %04d-%02d..%04d-%02d", symbol, *_month_of(first), *_month_of(last))
-            table = compute_features(cfg.sql_dir, params, cfg=cfg)
+            jobs.append((symbol, key, wanted, out_months, params))
+
+    def run(job):
+        symbol, key, wanted, out_months, params = job
+        log.info("features %s months %s", symbol, ", ".join("%04d-%02d" % _month_of(m) for m in out_months))
+        return job, compute_features(cfg.sql_dir, params, memory_limit=cfg.features.memory_limit)
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.features.threads)) as pool:
+        for (symbol, key, wanted, out_months, _), table in pool.map(run, jobs):
             ts_months = _months_of_ts(table)
-            for m in range(first, last + 1):
+            for m in out_months:
                 part = table.filter(pc.equal(ts_months, m))
-                path = cache_path(cfg, symbol, m)
-                if part.num_rows:
-                    write_atomic(part, path)
-                else:
-                    path.unlink(missing_ok=True)
-                manifest[f"{symbol}/{m}"] = wanted[m]
+                write_atomic(part, cache_path(cfg, symbol, m))
                 result.months_computed += 1
                 result.rows_written += part.num_rows
+            manifest[key] = wanted
             _write_manifest(manifest_path, manifest)
+
+    for symbol in symbols:  # months whose hourly shards are gone
         for stale in (cfg.derived_dir / "features" / f"symbol={symbol}").glob("*.parquet"):
-            m = _month_index(int(stale.stem[:4]), int(stale.stem[4:6]))
-            if m not in hours:
+            if _month_index(int(stale.stem[:4]), int(stale.stem[4:6])) not in hourly_shards[symbol]:
                 stale.unlink()
-                manifest.pop(f"{symbol}/{m}", None)
-    if result.months_computed:
-        _write_manifest(manifest_path, manifest)
     result.seconds = time.perf_counter() - started
     return result
 

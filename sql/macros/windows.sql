@@ -1,38 +1,51 @@
 {#- Jinja macros for the repeated window patterns. Imported explicitly:
     {% import 'macros/windows.sql' as w %}
+    Time windows are RANGE frames over `hour_no` = whole hours since the epoch of ts (integer
+    ranges are exact, fast and independent of the session TimeZone), so a missing bar never
+    stretches a window; only the indicators defined over bars (Wilder, EMA, Bollinger, z over
+    the previous N rows) use ROWS. Every relation using these macros carries `hour_no`. -#}
 
-    Rolling statistics over doubles collect the frame with list() and reduce it in order, so a
-    value depends only on the rows in its frame, never on where the partition starts (DuckDB's
-    segment-tree window sums do): incremental refresh and full rebuild agree bit for bit. -#}
-
-{#- the frame of the last `hours` hours up to and including the current row, by time -#}
+{#- the frame of the last `hours` hours up to and including the current row -#}
 {% macro last_hours(hours) -%}
-range between interval {{ hours - 1 }} hours preceding and current row
+range between {{ hours - 1 }} preceding and current row
 {%- endmacro %}
 
-{#- the frame of the previous `n` rows, the current row excluded -#}
-{% macro previous_rows(n) -%}
-rows between {{ n }} preceding and 1 preceding
-{%- endmacro %}
-
-{#- the list of `col` over a frame of one symbol's hourly rows -#}
-{% macro history(col, frame, partition='symbol') -%}
-list({{ col }}) over (partition by {{ partition }} order by ts {{ frame }})
+{#- `agg(col)` over one symbol's hourly rows in `frame` -#}
+{% macro rolling(agg, col, frame, partition='symbol') -%}
+{{ agg }}({{ col }}) over (partition by {{ partition }} order by hour_no {{ frame }})
 {%- endmacro %}
 
 {#- the value of `col` exactly `hours` hours before ts (NULL when that bar is missing) -#}
 {% macro hours_ago(col, hours) -%}
-first_value({{ col }}) over (partition by symbol order by ts range between interval {{ hours }} hours preceding and interval {{ hours }} hours preceding)
+first_value({{ col }}) over (partition by symbol order by hour_no range between {{ hours }} preceding and {{ hours }} preceding)
+{%- endmacro %}
+
+{#- z-score of `col` against `frame` (which must exclude the current row); NULL below min_n values -#}
+{% macro z_over(col, frame, min_n, partition='symbol') -%}
+case when {{ rolling('count', col, frame, partition) }} >= {{ min_n }} then
+    ({{ col }} - {{ rolling('avg', col, frame, partition) }}) / nullif({{ rolling('stddev_samp', col, frame, partition) }}, 0)
+end
 {%- endmacro %}
 
 {#- rolling z-score of `col` against the previous `n` rows, current row excluded; needs n/2 values -#}
 {% macro rolling_z(col, n) -%}
-z_against({{ col }}, {{ history(col, previous_rows(n)) }}, {{ (n + 1) // 2 }})
+{{ z_over(col, 'rows between ' ~ n ~ ' preceding and 1 preceding', (n + 1) // 2) }}
 {%- endmacro %}
 
-{#- FILTER predicate: minute bars in the window of w minutes at ts, i.e. close_time in (ts - w, ts] -#}
+{#- the last `k` values of `col` (oldest first) as a list, without the `leading_nulls` rows at the
+    start of the symbol's history where `col` is not yet defined; needs a `bar_no` column -#}
+{% macro recent_bars(col, k, leading_nulls) -%}
+list_slice(
+    list({{ col }}) over (partition by symbol order by hour_no rows between {{ k - 1 }} preceding and current row),
+    1 + greatest(0, {{ leading_nulls }} - greatest(bar_no - {{ k }}, 0)),
+    {{ k }}
+)
+{%- endmacro %}
+
+{#- FILTER predicate: minute bars in the window of w minutes at ts, i.e. close_time in (ts - w, ts],
+    on epoch milliseconds (close_ms, ts_ms) -#}
 {% macro in_window(w) -%}
-close_time > ts - interval {{ w }} minutes
+close_ms > ts_ms - {{ w * 60000 }}
 {%- endmacro %}
 
 {#- a minute aggregate, NULL when its window holds fewer than half its bars -#}

@@ -3,12 +3,13 @@
 -- purpose: hourly-bar features at decision time ts = close of the bar; every value uses bars with close_time <= ts
 {% import 'macros/windows.sql' as w %}
 {%- set return_hours = [1, 3, 6, 12, 24] %}
-{%- set recursion_rows = 300 %}
+{%- set recursion_bars = 230 %}
 
 with bars as (
     select
         symbol,
         close_time as ts,
+        epoch_ms(close_time) // 3600000 as hour_no,
         open,
         high,
         low,
@@ -21,21 +22,27 @@ bar_steps as (
     -- one-bar changes against the previous available bar (recursive indicators run over bars)
     select
         *,
+        row_number() over by_bar as bar_no,
         lag(close) over by_bar as prev_close,
         lag(high) over by_bar as prev_high,
         lag(low) over by_bar as prev_low,
     from bars
-    window by_bar as (partition by symbol order by ts)
+    window by_bar as (partition by symbol order by hour_no)
 ),
 
 directional_moves as (
+    -- NULL on the first bar, which has no previous bar
     select
         *,
-        greatest(close - prev_close, 0) as gain,
-        greatest(prev_close - close, 0) as loss,
-        greatest(high - low, abs(high - prev_close), abs(low - prev_close)) as true_range,
-        case when high - prev_high > prev_low - low and high - prev_high > 0 then high - prev_high else 0 end as dm_plus,
-        case when prev_low - low > high - prev_high and prev_low - low > 0 then prev_low - low else 0 end as dm_minus,
+        case when bar_no > 1 then greatest(close - prev_close, 0) end as gain,
+        case when bar_no > 1 then greatest(prev_close - close, 0) end as loss,
+        case when bar_no > 1 then greatest(high - low, abs(high - prev_close), abs(low - prev_close)) end as true_range,
+        case when bar_no > 1 then
+            case when high - prev_high > prev_low - low and high - prev_high > 0 then high - prev_high else 0 end
+        end as dm_plus,
+        case when bar_no > 1 then
+            case when prev_low - low > high - prev_high and prev_low - low > 0 then prev_low - low else 0 end
+        end as dm_minus,
     from bar_steps
 ),
 
@@ -51,22 +58,21 @@ returns as (
 trend_and_range as (
     select
         *,
-        ln(close / list_avg({{ w.history('close', w.last_hours(24)) }})) as px_sma_24h,
-        ln(close / list_avg({{ w.history('close', w.last_hours(168)) }})) as px_sma_168h,
-        ln(close / ema({{ w.history('close', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 12)) as px_ema_12,
-        ln(close / ema({{ w.history('close', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 26)) as px_ema_26,
-        sqrt(list_sum(list_transform({{ w.history('ret_1h', w.last_hours(24)) }}, lambda r: r * r))) as rv_24h,
-        ln(list_max({{ w.history('high', w.last_hours(24)) }}) / close) as dist_high_24h,
-        ln(close / list_min({{ w.history('low', w.last_hours(24)) }})) as dist_low_24h,
+        ln(close / {{ w.rolling('avg', 'close', w.last_hours(24)) }}) as px_sma_24h,
+        ln(close / {{ w.rolling('avg', 'close', w.last_hours(168)) }}) as px_sma_168h,
+        ln(close / ema({{ w.recent_bars('close', recursion_bars, 0) }}, 12, {{ recursion_bars }})) as px_ema_12,
+        ln(close / ema({{ w.recent_bars('close', recursion_bars, 0) }}, 26, {{ recursion_bars }})) as px_ema_26,
+        sqrt({{ w.rolling('sum', 'ret_1h * ret_1h', w.last_hours(24)) }}) as rv_24h,
+        ln({{ w.rolling('max', 'high', w.last_hours(24)) }} / close) as dist_high_24h,
+        ln(close / {{ w.rolling('min', 'low', w.last_hours(24)) }}) as dist_low_24h,
         ret_1h - {{ w.hours_ago('ret_1h', 1) }} as ret_accel,
-        wilder_smooth({{ w.history('gain', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 14) as avg_gain_14,
-        wilder_smooth({{ w.history('loss', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 14) as avg_loss_14,
-        wilder_smooth({{ w.history('true_range', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 14) as atr_14,
-        wilder_smooth({{ w.history('dm_plus', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 14) as dm_plus_14,
-        wilder_smooth({{ w.history('dm_minus', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 14) as dm_minus_14,
-        list_avg({{ w.history('close', 'rows between 19 preceding and current row') }}) as bb_middle_20,
-        list_stddev_pop({{ w.history('close', 'rows between 19 preceding and current row') }}) as bb_sd_20,
-        count(close) over (partition by symbol order by ts rows between 19 preceding and current row) as bb_n_20,
+        wilder_smooth({{ w.recent_bars('gain', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as avg_gain_14,
+        wilder_smooth({{ w.recent_bars('loss', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as avg_loss_14,
+        wilder_smooth({{ w.recent_bars('true_range', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as atr_14,
+        wilder_smooth({{ w.recent_bars('dm_plus', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as dm_plus_14,
+        wilder_smooth({{ w.recent_bars('dm_minus', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as dm_minus_14,
+        {{ w.rolling('avg', 'close', 'rows between 19 preceding and current row') }} as bb_middle_20,
+        {{ w.rolling('stddev_pop', 'close', 'rows between 19 preceding and current row') }} as bb_sd_20,
     from returns
 ),
 
@@ -76,14 +82,17 @@ oscillators as (
         100 * avg_gain_14 / nullif(avg_gain_14 + avg_loss_14, 0) as rsi_14,
         100 * dm_plus_14 / nullif(atr_14, 0) as di_plus_14,
         100 * dm_minus_14 / nullif(atr_14, 0) as di_minus_14,
-        case when bb_n_20 = 20 then 4 * bb_sd_20 / bb_middle_20 end as bb_width_20,
+        case when bar_no >= 20 then 4 * bb_sd_20 / bb_middle_20 end as bb_width_20,
     from trend_and_range
 ),
 
 directional_index as (
+    -- DX from bar 15 on (the first bar with 14 true ranges); 0 when neither direction moved
     select
         *,
-        100 * abs(di_plus_14 - di_minus_14) / nullif(di_plus_14 + di_minus_14, 0) as dx_14,
+        case when bar_no > 14 then
+            coalesce(100 * abs(di_plus_14 - di_minus_14) / nullif(di_plus_14 + di_minus_14, 0), 0)
+        end as dx_14,
     from oscillators
 ),
 
@@ -105,7 +114,7 @@ final as (
         dist_high_24h,
         dist_low_24h,
         rsi_14,
-        wilder_smooth({{ w.history('dx_14', 'rows between ' ~ (recursion_rows - 1) ~ ' preceding and current row') }}, 14) as adx_14,
+        wilder_smooth({{ w.recent_bars('dx_14', recursion_bars, 14) }}, 14, {{ recursion_bars }}) as adx_14,
         di_plus_14,
         di_minus_14,
         true_range,

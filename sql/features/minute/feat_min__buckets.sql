@@ -2,6 +2,7 @@
 -- reads: klines_1m
 -- purpose: right-closed minute->hour aggregates: every minute with close_time in (ts - 1 h, ts] feeds ts, nothing later
 {% import 'macros/windows.sql' as w %}
+{%- set trailing_week = 'range between 168 preceding and 1 preceding' %}
 
 with minutes as (
     select * from klines_1m
@@ -21,7 +22,8 @@ minute_returns as (
         quote_volume,
         ln(close / lag(close) over by_minute) as r,
         ln(lag(close) over by_minute / lag(close, 2) over by_minute) as r_prev,
-        decision_ts(close_time) as ts,
+        epoch_ms(close_time) as close_ms,
+        decision_ms(close_time) as ts_ms,
     from minutes
     window by_minute as (partition by symbol order by open_time)
 ),
@@ -30,22 +32,23 @@ bucket_log_volume as (
     -- pre-aggregates of the bucket's minute log-volume, for the trailing 7-day volume distribution
     select
         symbol,
-        ts,
+        ts_ms,
+        ts_ms // 3600000 as hour_no,
         count(*) filter (where volume > 0) as n_traded,
         sum(ln(volume)) filter (where volume > 0) as sum_log_volume,
         sum(ln(volume) * ln(volume)) filter (where volume > 0) as sum_log_volume_sq,
     from minute_returns
-    group by symbol, ts
+    group by symbol, ts_ms
 ),
 
 trailing_week_sums as (
     -- the 168 buckets before ts (minutes with close_time in (ts - 169 h, ts - 1 h]): earlier minutes only
     select
         symbol,
-        ts,
-        list_sum({{ w.history('n_traded', 'range between interval 168 hours preceding and interval 1 hour preceding') }}) as week_n,
-        list_sum({{ w.history('sum_log_volume', 'range between interval 168 hours preceding and interval 1 hour preceding') }}) as week_s1,
-        list_sum({{ w.history('sum_log_volume_sq', 'range between interval 168 hours preceding and interval 1 hour preceding') }}) as week_s2,
+        ts_ms,
+        {{ w.rolling('sum', 'n_traded', trailing_week) }} as week_n,
+        {{ w.rolling('sum', 'sum_log_volume', trailing_week) }} as week_s1,
+        {{ w.rolling('sum', 'sum_log_volume_sq', trailing_week) }} as week_s2,
     from bucket_log_volume
 ),
 
@@ -53,7 +56,7 @@ volume_reference as (
     -- log-normal fit of the trailing week's minute volume; burst threshold = its 95th percentile
     select
         symbol,
-        ts,
+        ts_ms,
         week_s1 / week_n as log_volume_mean,
         sqrt(greatest(week_s2 / week_n - (week_s1 / week_n) ^ 2, 0)) as log_volume_sd,
         exp(week_s1 / week_n + 1.6448536269514722 * sqrt(greatest(week_s2 / week_n - (week_s1 / week_n) ^ 2, 0))) as burst_threshold,
@@ -68,13 +71,13 @@ scored_minutes as (
         sign(m.close - m.open) * (ln(nullif(m.volume, 0)) - v.log_volume_mean) / nullif(v.log_volume_sd, 0) as signed_volume_z,
         v.burst_threshold is not null as has_volume_reference,
     from minute_returns as m
-    left join volume_reference as v using (symbol, ts)
+    left join volume_reference as v using (symbol, ts_ms)
 ),
 
 final as (
     select
         symbol,
-        ts,
+        to_timestamp(ts_ms // 1000) as ts,
         count(*) as m_n_60m,
         max(close_time) as m_last_close_time,
         {%- for wm in minute_windows %}
@@ -99,7 +102,7 @@ final as (
         {%- endfor %}
         {{ w.covered(15, 'avg(signed_volume_z) filter (where ' ~ w.in_window(15) ~ ')') }} as m_pressure_15m,
     from scored_minutes
-    group by symbol, ts
+    group by symbol, ts_ms
 )
 
 select * from final

@@ -4,16 +4,18 @@
 {% import 'macros/windows.sql' as w %}
 
 with buckets as (
-    select * from feat_min__buckets
+    select *, epoch_ms(ts) // 3600000 as hour_no from feat_min__buckets
 ),
 
 long_windows as (
     select
         *,
-        -- share of the previous 30 days' 60-minute ranges at or below this hour's range
-        {{ w.history('m_range_60m', 'range between interval 720 hours preceding and interval 1 hour preceding') }} as range_history,
+        -- the previous 30 days' 60-minute ranges, for this hour's percentile among them
+        list(m_range_60m) filter (where m_range_60m is not null) over (
+            partition by symbol order by hour_no range between 720 preceding and 1 preceding
+        ) as range_history,
         -- this hour's minute volume against the same UTC hour on the previous 7 days
-        {{ w.history('m_vol_sum_60m', 'range between interval 168 hours preceding and interval 24 hours preceding', partition='symbol, utc_hour(ts)') }} as same_hour_volume_history,
+        {{ w.z_over('m_vol_sum_60m', 'range between 168 preceding and 24 preceding', 4, partition='symbol, utc_hour(ts)') }} as m_vol_z_hod,
     from buckets
 ),
 
@@ -23,11 +25,11 @@ final as (
         ts + to_hours({{ minute_lag_hours }}) as ts,
         m_last_close_time,
         m_n_60m,
-        * exclude (symbol, ts, m_last_close_time, m_n_60m, range_history, same_hour_volume_history),
-        case when len(non_null(range_history)) >= 360 then
-            len(list_filter(non_null(range_history), lambda x: x <= m_range_60m)) / len(non_null(range_history))
+        * exclude (symbol, ts, hour_no, m_last_close_time, m_n_60m, range_history, m_vol_z_hod),
+        case when len(range_history) >= 360 then
+            len(list_filter(range_history, lambda x: x <= m_range_60m)) / len(range_history)
         end as m_range_pct_30d,
-        z_against(m_vol_sum_60m, same_hour_volume_history, 4) as m_vol_z_hod,
+        m_vol_z_hod,
     from long_windows
 )
 

@@ -9,7 +9,7 @@
 ] %}
 
 with features as (
-    select * from feat_time
+    select *, epoch_ms(ts) // 3600000 as hour_no from feat_time
 ),
 
 normalised as (
@@ -23,7 +23,7 @@ normalised as (
 
 final as (
     select
-        *,
+        * exclude (hour_no),
         -- volume surprise of the last 15 minutes minus that of the whole hourly bar
         m_vol_sum_15m_z - volume_z as x_vol_z_diff,
     from normalised
