@@ -42,3 +42,38 @@ def requires_real_data():
     return pytest.mark.skipif(
         not REAL_DATA.is_dir(), reason=f"real Binance files not found at {REAL_DATA} (../shared is absent)"
     )
+
+
+def random_minutes(symbol: str, start_ms: int, n: int, *, seed: int = 0, keep=None):
+    """A random-walk minute table (KLINE_SCHEMA) of n grid minutes from start_ms; `keep` masks rows out."""
+    import numpy as np
+
+    from mscale.schema import klines_from_arrays
+
+    rng = np.random.default_rng(seed)
+    open_ms = start_ms + 60_000 * np.arange(n, dtype=np.int64)
+    close = 100 * np.exp(np.cumsum(rng.standard_normal(n) * 1e-3))
+    open_ = np.r_[100.0, close[:-1]]
+    spread = np.abs(rng.standard_normal(n)) * 5e-4 * close
+    volume = rng.lognormal(0, 1, n)
+    volume[rng.random(n) < 0.02] = 0.0
+    table = klines_from_arrays(
+        symbol, open_ms, "1m",
+        open=open_, high=np.maximum(open_, close) + spread, low=np.minimum(open_, close) - spread, close=close,
+        volume=volume, quote_volume=volume * close, trades=(volume * 10).astype(int),
+        taker_buy_base=volume / 2, taker_buy_quote=volume * close / 2,
+    )
+    if keep is not None:
+        import pyarrow as pa
+
+        table = table.filter(pa.array(np.asarray(keep, dtype=bool)))
+    return table
+
+
+def write_market(cfg: Config, minutes) -> None:
+    """Write minutes and the hourly bars derived from them into cfg's data dir."""
+    from mscale.demo import minutes_to_hours
+    from mscale.store import write_klines
+
+    write_klines(cfg.market_dir, "1m", minutes)
+    write_klines(cfg.market_dir, "1h", minutes_to_hours(minutes))

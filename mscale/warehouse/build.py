@@ -100,7 +100,7 @@ def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str
         con.execute(f"set memory_limit = {r._sql_string(memory_limit)}")
     try:
         create_views(con, sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
-        return con.execute("select * from features order by symbol, ts").fetch_arrow_table()
+        return con.execute("select * from features order by symbol, ts").to_arrow_table()
     finally:
         con.close()
 

@@ -15,7 +15,8 @@ create or replace macro non_null(xs) as list_filter(xs, lambda x: x is not null)
 
 -- Recursive indicators over the last K bars of a list (oldest first), as one dot product with
 -- geometric weights instead of a row-by-row recursion. Truncating to K bars changes a value by
--- less than (1 - alpha)^(K - n) of its seed: < 1e-7 relative for K = 230, n = 14 or span 26.
+-- (1 - alpha)^(K - n) times the seed's distance from the full recursion: for K = 300 bars that is
+-- 6e-10 for n = 14 and 1e-10 for span 26, well inside the contract's 1e-6 after 300 bars.
 
 -- weights w^(m-1), ..., w^1, w^0 times `scale`, oldest first, for the last m of at most k values
 -- (k is a constant, so the full weight list is computed once per query, then sliced)

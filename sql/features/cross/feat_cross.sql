@@ -19,7 +19,7 @@ joined as (
 
 final as (
     select
-        *,
+        * replace (coalesce(m_n_60m, 0) as m_n_60m),  -- an hour with no minutes at all has coverage 0
         -- this hour's minute-level volatility against the typical hour of the last day
         m_rv_60m / nullif(rv_24h / sqrt(24), 0) as x_rv_ratio,
     from joined

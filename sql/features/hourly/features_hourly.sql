@@ -3,7 +3,7 @@
 -- purpose: hourly-bar features at decision time ts = close of the bar; every value uses bars with close_time <= ts
 {% import 'macros/windows.sql' as w %}
 {%- set return_hours = [1, 3, 6, 12, 24] %}
-{%- set recursion_bars = 230 %}
+{%- set recursion_bars = 300 %}
 
 with bars as (
     select

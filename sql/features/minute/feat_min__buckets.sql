@@ -34,9 +34,10 @@ bucket_log_volume as (
         symbol,
         ts_ms,
         ts_ms // 3600000 as hour_no,
+        -- zero-volume minutes (halts) have no log-volume; nullif keeps ln() away from them
         count(*) filter (where volume > 0) as n_traded,
-        sum(ln(volume)) filter (where volume > 0) as sum_log_volume,
-        sum(ln(volume) * ln(volume)) filter (where volume > 0) as sum_log_volume_sq,
+        sum(ln(nullif(volume, 0))) as sum_log_volume,
+        sum(ln(nullif(volume, 0)) ^ 2) as sum_log_volume_sq,
     from minute_returns
     group by symbol, ts_ms
 ),
