@@ -37,8 +37,10 @@ class FeatureSettings:
     z_window: int = 168  # hourly rows in a rolling z-score, current row excluded
     minute_lag_hours: int = 0
     symbols: tuple[str, ...] = ()  # empty = every symbol with data
-    start: str | None = None  # YYYY-MM-DD, inclusive, on ts
-    end: str | None = None  # YYYY-MM-DD, exclusive, on ts
+    # date range of the published features, as hourly bars opened on days start .. end - 1,
+    # i.e. decision times start < ts <= end (YYYY-MM-DD, UTC); None = unbounded
+    start: str | None = None
+    end: str | None = None
     memory_limit: str = "4GB"
     threads: int = 2
 
@@ -127,17 +129,20 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise MscaleError(f"{toml_path} is not valid TOML ({e}); fix or remove it") from None
 
-    def pick(flag, env, key, default):
-        if flag is not None:
-            return flag
-        if os.environ.get(env):
-            return os.environ[env]
-        return raw.get(key, default)
+    known = {"data_dir", "warehouse", "market", "ingest", "features"}
+    if set(raw) - known:
+        raise MscaleError(f"{toml_path} has unknown keys {sorted(set(raw) - known)}: known keys are {sorted(known)}")
 
-    data = Path(pick(data_dir, "MSCALE_DATA_DIR", "data_dir", root / "data"))
-    wh = Path(pick(warehouse, "MSCALE_WAREHOUSE", "warehouse", root / "warehouse" / "mscale.duckdb"))
-    data = data if data.is_absolute() else (Path.cwd() / data)
-    wh = wh if wh.is_absolute() else (Path.cwd() / wh)
+    def pick(flag, env, key, default) -> Path:
+        """Flags and env vars are relative to the working directory, mscale.toml to the project root."""
+        if flag is not None:
+            return Path.cwd() / flag
+        if os.environ.get(env):
+            return Path.cwd() / os.environ[env]
+        return root / raw.get(key, default)
+
+    data = pick(data_dir, "MSCALE_DATA_DIR", "data_dir", "data")
+    wh = pick(warehouse, "MSCALE_WAREHOUSE", "warehouse", "warehouse/mscale.duckdb")
     mk = market or raw.get("market", "spot")
     if mk not in ("spot", "um"):
         raise MscaleError(f"unknown market {mk!r}: use spot or um")

@@ -197,7 +197,8 @@ def format_audit(result: AuditResult) -> str:
         by_relation.setdefault(v.relation, []).append(v)
     for relation, verdicts in sorted(by_relation.items()):
         clean = sum(not v.leaks for v in verdicts)
-        lines.append(f"ok   {relation}: {clean} of {len(verdicts)} columns unchanged by truncation and poisoning")
+        status = "ok  " if clean == len(verdicts) else "LEAK"
+        lines.append(f"{status} {relation}: {clean} of {len(verdicts)} columns unchanged by truncation and poisoning")
     n_leak = len(result.leaking)
     lines.append(f"{len(result.columns)} columns checked, {n_leak} leaking" + ("" if n_leak else ": no feature looks past its decision time"))
     return "\n".join(lines)

@@ -1,11 +1,12 @@
 """Build the warehouse: views in `warehouse/mscale.duckdb`, the derived feature cache, and the checks.
 
 Layers are created in folder order (see render.LAYERS). The `features` mart is materialised under
-`derived/features/symbol=S/YYYYMM.parquet`, one file per symbol and month of ts, and the published
-`features` view reads that cache. A month is recomputed only when its inputs changed: the minute
-and hourly shards of that month and the WARMUP_MONTHS before it (every feature looks back less
-than that), or the SQL and its parameters. Each run of months is computed from the same inputs
-with the same order-independent SQL, so a refresh is bit-identical to a rebuild from scratch.
+`derived/features/symbol=S/YYYYMM.parquet`, one file per symbol and month of its hourly bars, and
+the published `features` view reads that cache. The unit of work is a fixed block of BLOCK_MONTHS
+calendar months per symbol, computed from its months plus the WARMUP_MONTHS before them (longer
+than any feature looks back), single-threaded. A block is recomputed only when one of those input
+shards or the SQL and its parameters changed; since a block always sees the same inputs in the
+same order, a refresh is bit-identical to a rebuild from scratch.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mscale.warehouse import render as r
 
 log = logging.getLogger(__name__)
 
-WARMUP_MONTHS = 2  # >= 59 days: longer than every feature's lookback (ADX + z-score: ~630 hourly rows)
+WARMUP_MONTHS = 2  # >= 59 days (~1,400 hourly bars): longer than the deepest lookback, ADX + z-score = 768 bars
 BLOCK_MONTHS = 3  # calendar quarters: the unit of computation and of recomputation
 
 
@@ -72,7 +73,7 @@ def create_views(
         if model.layer not in layers:
             continue
         if model.layer == "marts" and mart_cache is not None:
-            sql = f"select * from read_parquet({r.sql_paths(mart_cache)}, union_by_name = true)"
+            sql = _cache_view(mart_cache, params)
         else:
             sql = r.render(env, model, params)
         try:
@@ -80,7 +81,36 @@ def create_views(
         except duckdb.Error as e:
             raise MscaleError(f"{model.path}: {str(e).splitlines()[0]}") from None
         created.append(model)
+        if model.layer == "features/extra":
+            _check_extra_columns(con, model)
     return created
+
+
+def _cache_view(glob: str, params: r.RenderParams) -> str:
+    """The published mart: the cached Parquet, restricted to the configured symbols and date range."""
+    sql = f"select * from read_parquet({r.sql_paths(glob)}, union_by_name = true) where true"
+    if params.symbols:
+        sql += f" and symbol in ({r.sql_values(params.symbols)})"
+    if params.out_from:
+        sql += f" and ts > {r.sql_ts(params.out_from)}"
+    if params.out_to:
+        sql += f" and ts <= {r.sql_ts(params.out_to)}"
+    return sql
+
+
+def _check_extra_columns(con: duckdb.DuckDBPyConnection, model: r.Model) -> None:
+    """A user's feature may not reuse a name the mart already has (DuckDB would silently rename it)."""
+    columns = {row[0] for row in con.execute(f"describe {model.name}").fetchall()}
+    if not {"symbol", "ts"} <= columns:
+        raise MscaleError(f"{model.path}: a feature file must return symbol and ts columns, got {sorted(columns)}")
+    taken = {row[0] for row in con.execute("describe feat_norm").fetchall()} - {"symbol", "ts"}
+    for other in con.execute(
+        "select view_name from duckdb_views() where view_name like 'feat_extra%' and view_name <> ?", [model.name]
+    ).fetchall():
+        taken |= {row[0] for row in con.execute(f"describe {other[0]}").fetchall()} - {"symbol", "ts"}
+    clash = sorted((columns - {"symbol", "ts"}) & taken)
+    if clash:
+        raise MscaleError(f"{model.path}: column names {clash} already exist in the features mart; rename them")
 
 
 def _with_extras(params: r.RenderParams, models: list[r.Model]) -> r.RenderParams:
@@ -204,18 +234,25 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     symbols = sorted(hourly_shards)
     if cfg.features.symbols:
         symbols = [s for s in symbols if s in cfg.features.symbols]
+    lo = _month_index(base.out_from.year, base.out_from.month) if base.out_from else None
+    hi = _month_index(base.out_to.year, base.out_to.month) if base.out_to else None
+
+    def in_range(m: int) -> bool:
+        return (lo is None or m >= lo) and (hi is None or m <= hi)
 
     jobs = []
     for symbol in symbols:
         hours = hourly_shards[symbol]
         minutes = minute_shards.get(symbol, {})
-        for block in sorted({m // BLOCK_MONTHS for m in hours}):
+        for block in sorted({m // BLOCK_MONTHS for m in hours if in_range(m)}):
             first, last = block * BLOCK_MONTHS, block * BLOCK_MONTHS + BLOCK_MONTHS - 1
             span = range(first - WARMUP_MONTHS, last + 1)
             minute_files = [p for k in span for p in minutes.get(k, [])]
             hourly_files = [p for k in span for p in hours.get(k, [])]
             wanted = {"sql": sql_hash, "inputs": _fingerprint(minute_files + hourly_files)}
-            out_months = [m for m in range(first, last + 1) if m in hours]
+            out_months = [m for m in range(first, last + 1) if m in hours and in_range(m)]
+            if not out_months:
+                continue
             key = f"{symbol}/{block}"
             if manifest.get(key) == wanted and all(cache_path(cfg, symbol, m).exists() for m in out_months):
                 result.months_skipped += len(out_months)

@@ -26,7 +26,7 @@ final as (
         m_last_close_time,
         m_n_60m,
         * exclude (symbol, ts, hour_no, m_last_close_time, m_n_60m, range_history, m_vol_z_hod),
-        case when len(range_history) >= 360 then
+        case when m_range_60m is not null and len(range_history) >= 360 then
             len(list_filter(range_history, lambda x: x <= m_range_60m)) / len(range_history)
         end as m_range_pct_30d,
         m_vol_z_hod,

@@ -1,0 +1,639 @@
+"""Benchmark of the feature build: `python -m mscale.bench_features [--quick] [--symbols 1 4 10]`.
+
+For each symbol count, on the synthetic market (`mscale.demo`, `years` of 1m bars per symbol), it
+measures in the same run (median of `repeats`, each measurement in a fresh spawned process so peak
+RSS is that measurement's own):
+
+1. full build: `materialise(cfg, full=True)`: wall seconds, minute rows per second, peak RSS;
+2. scan floor: one plain DuckDB group-by pass (symbol x hour) over the same minute Parquet files;
+3. pandas: a straightforward pandas version of the CONTRACT §5 minute->hour core columns, checked
+   against the mart so the comparison is like for like (1 to `pandas_max_symbols` symbols);
+4. incremental: after a full build over all months but the last, add the last month's shards and
+   time `materialise(cfg)` (not full), as a share of the full rebuild.
+
+Targets printed alongside: full/scan <= 6x, speedup vs pandas >= 3x, incremental <= 10% of full.
+
+Generated shards are cached under `<base>/data/` (default /tmp/mscale-bench), one set of shards per
+(start, months, seed), symbols added as needed (a symbol's data does not depend on which other
+symbols are generated, so the 1-symbol set is a subset of the 10-symbol one). Each measurement works
+in `<base>/work/...` on hard links to those shards, so the cache is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE = Path("/tmp/mscale-bench")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+START = date(2022, 1, 1)
+SEED = 7
+THREADS = 2
+_NAMED = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT", "DOTUSDT", "LINKUSDT")
+
+TARGET_SCAN_RATIO = 6.0
+TARGET_PANDAS_SPEEDUP = 3.0
+TARGET_INCREMENTAL_PCT = 10.0
+
+# CONTRACT §5 minute->hour core columns (the ones the pandas version computes)
+CORE_COLUMNS = (
+    "m_n_60m",
+    "m_ret_5m", "m_ret_15m", "m_ret_60m",
+    "m_rv_15m", "m_rv_60m",
+    "m_bpv_60m",
+    "m_skew_15m", "m_kurt_15m", "m_skew_60m", "m_kurt_60m",
+    "m_vol_sum_5m", "m_vol_mean_5m", "m_vol_sum_15m", "m_vol_mean_15m", "m_vol_sum_60m", "m_vol_mean_60m",
+    "m_range_60m",
+    "m_vwap_div_60m",
+)  # fmt: skip
+
+
+def bench_symbols(n: int) -> tuple[str, ...]:
+    return tuple(_NAMED[i] if i < len(_NAMED) else f"SYN{i:03d}USDT" for i in range(n))
+
+
+def _months_after(start: date, n: int) -> list[tuple[int, int]]:
+    out = []
+    for i in range(n):
+        y, m = divmod(start.month - 1 + i, 12)
+        out.append((start.year + y, m + 1))
+    return out
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def ensure_data(base: Path, symbols: tuple[str, ...], months: int, *, seed: int = SEED, start: date = START) -> Path:
+    """The cached market dir holding `symbols` x `months` of synthetic shards; generates what is missing."""
+    from mscale.demo import SOURCE, generate_minutes, minutes_to_hours
+    from mscale.store import write_klines
+
+    market = base / "data" / f"{start:%Y%m}-m{months}-seed{seed}"
+    month_list = _months_after(start, months)
+    for sym in symbols:
+        marker = market / f".done-{sym}"
+        if marker.exists():
+            continue
+        t0 = time.perf_counter()
+        for p in [*(market / "minute").glob(f"binance_{sym}_1m_*.parquet"), *(market / "hourly").glob(f"binance_{sym}_1h_*.parquet")]:
+            p.unlink()  # a half-written earlier attempt
+        minutes = generate_minutes([sym], start=start, months=months, seed=seed)
+        write_klines(market, "1m", minutes, source=SOURCE, complete_months=month_list)
+        write_klines(market, "1h", minutes_to_hours(minutes), source=SOURCE, complete_months=month_list)
+        marker.write_text(str(minutes.num_rows))
+        print(f"  generated {sym}: {minutes.num_rows:,} minute rows in {time.perf_counter() - t0:.1f}s", flush=True)
+        del minutes
+    return market
+
+
+def link_market(src: Path, dest: Path, symbols: tuple[str, ...], months: list[tuple[int, int]], *, fresh: bool = True) -> None:
+    """Hard-link the minute and hourly shards of `symbols` x `months` from `src` into `dest`."""
+    from mscale.store import list_shards
+
+    if fresh and dest.exists():
+        shutil.rmtree(dest)
+    wanted = set(months)
+    for interval in ("1m", "1h"):
+        for s in list_shards(src, interval):
+            if s.symbol in symbols and (s.year, s.month) in wanted:
+                target = dest / s.path.parent.name / s.path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():
+                    continue
+                try:
+                    os.link(s.path, target)
+                except OSError:
+                    shutil.copy2(s.path, target)
+
+
+def unlink_months(dest: Path, months: list[tuple[int, int]]) -> None:
+    from mscale.store import list_shards
+
+    wanted = set(months)
+    for interval in ("1m", "1h"):
+        for s in list_shards(dest, interval):
+            if (s.year, s.month) in wanted:
+                s.path.unlink()
+
+
+def minute_files(market: Path) -> list[Path]:
+    from mscale.store import list_shards
+
+    return [s.path for s in list_shards(market, "1m")]
+
+
+def count_rows(files: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def snapshot_sql(base: Path, sql_dir: Path | None = None) -> tuple[Path, str]:
+    """Copy `sql_dir` (default: the project's sql/) to `<base>/sql-snapshots/<hash>/sql`, so one run
+    measures one version of the templates even while they are being edited; returns (root, hash)."""
+    import hashlib
+
+    src = Path(sql_dir) if sql_dir else PROJECT_ROOT / "sql"
+    h = hashlib.sha256()
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    for p in files:
+        h.update(p.relative_to(src).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    digest = h.hexdigest()[:12]
+    root = base / "sql-snapshots" / digest
+    if not (root / "sql").is_dir():
+        tmp = base / "sql-snapshots" / f".{digest}.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp / "sql")
+        tmp.rename(root)
+    return root, digest
+
+
+def _git_head() -> str:
+    """The project's commit (read only), '+dirty' when tracked files differ from it; '?' without git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "?"
+
+
+def make_config(market: Path, threads: int = THREADS, project_root: Path = PROJECT_ROOT):
+    from mscale.config import load_config
+
+    return load_config(
+        data_dir=market,
+        warehouse=market / "warehouse" / "mscale.duckdb",
+        project_root=project_root,
+        features={"threads": threads},
+    )
+
+
+# --- measurements, each run in a spawned child ---------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def _child_materialise(cfg, full: bool) -> dict:
+    from mscale.warehouse.build import materialise
+
+    base_rss = _peak_rss_mb()
+    t0 = time.perf_counter()
+    res = materialise(cfg, full=full)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "months": res.months_computed, "rows": res.rows_written}
+
+
+def scan_floor_sql(files: list[Path]) -> str:
+    from mscale.warehouse.render import sql_paths
+
+    return f"""
+        select
+            symbol,
+            (epoch_ms(close_time) + 3599999) // 3600000 as bucket,
+            count(*) as n,
+            sum(ln(close)) as s_log_close,
+            sum(volume) as s_volume,
+            sum(quote_volume) as s_quote_volume,
+            min(low) as min_low,
+            max(high) as max_high,
+            max(close) as max_close,
+            max(close_time) as last_close_time,
+        from read_parquet({sql_paths(files)})
+        group by all
+    """
+
+
+def _child_scan(files: list[Path], threads: int) -> dict:
+    import duckdb
+
+    base_rss = _peak_rss_mb()
+    con = duckdb.connect()
+    con.execute(f"set threads = {int(threads)}")
+    t0 = time.perf_counter()
+    table = con.execute(scan_floor_sql(files)).fetch_arrow_table()
+    seconds = time.perf_counter() - t0
+    con.close()
+    return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "rows": table.num_rows}
+
+
+def pandas_core_features(files: list[Path]):
+    """The §5 minute->hour core columns, written the way a researcher would in pandas."""
+    import numpy as np
+    import pandas as pd
+
+    cols = ["symbol", "open_time", "close_time", "high", "low", "close", "volume", "quote_volume"]
+    df = pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
+    df = df.sort_values(["symbol", "open_time"], ignore_index=True)
+
+    df["r"] = np.log(df["close"]).groupby(df["symbol"]).diff()
+    df["r_prev"] = df.groupby("symbol")["r"].shift(1)
+    df["bucket"] = df["close_time"].dt.ceil("h")
+    df["bp"] = df["r"].abs() * df["r_prev"].abs()
+    df["r2"] = df["r"] ** 2
+    for w in (5, 15):
+        inside = df["close_time"] > df["bucket"] - pd.Timedelta(minutes=w)
+        df[f"in_{w}"] = inside
+        df[f"r_{w}"] = df["r"].where(inside)
+        df[f"r2_{w}"] = df["r2"].where(inside)
+        df[f"vol_{w}"] = df["volume"].where(inside)
+
+    g = df.groupby(["symbol", "bucket"], sort=True)
+    out = g.agg(
+        m_n_60m=("r", "size"),
+        n_5=("in_5", "sum"),
+        n_15=("in_15", "sum"),
+        m_ret_5m=("r_5", "sum"),
+        m_ret_15m=("r_15", "sum"),
+        m_ret_60m=("r", "sum"),
+        rv2_15=("r2_15", "sum"),
+        rv2_60=("r2", "sum"),
+        bp=("bp", "sum"),
+        m_vol_sum_5m=("vol_5", "sum"),
+        m_vol_mean_5m=("vol_5", "mean"),
+        m_vol_sum_15m=("vol_15", "sum"),
+        m_vol_mean_15m=("vol_15", "mean"),
+        m_vol_sum_60m=("volume", "sum"),
+        m_vol_mean_60m=("volume", "mean"),
+        max_high=("high", "max"),
+        min_low=("low", "min"),
+        close_last=("close", "last"),
+        qv=("quote_volume", "sum"),
+    )
+    out["m_rv_15m"] = np.sqrt(out.pop("rv2_15"))
+    out["m_rv_60m"] = np.sqrt(out.pop("rv2_60"))
+    out["m_bpv_60m"] = np.pi / 2 * out.pop("bp")
+    kurt = getattr(g["r_15"], "kurt", None)
+    for w, col in ((15, "r_15"), (60, "r")):
+        out[f"m_skew_{w}m"] = g[col].skew()
+        out[f"m_kurt_{w}m"] = g[col].kurt() if kurt is not None else g[col].apply(lambda s: s.kurt())
+    out["m_range_60m"] = np.log(out.pop("max_high") / out.pop("min_low"))
+    vwap = out.pop("qv") / out["m_vol_sum_60m"].replace(0, np.nan)
+    out["m_vwap_div_60m"] = np.log(out.pop("close_last") / vwap)
+    # a window with fewer than half its bars gives NULL, as in the SQL
+    n = {5: out.pop("n_5"), 15: out.pop("n_15"), 60: out["m_n_60m"]}
+    for c in out.columns:
+        if c == "m_n_60m":
+            continue
+        w = int(c.rsplit("_", 1)[1].rstrip("m"))
+        out[c] = out[c].where(2 * n[w] >= w)
+    out = out.reset_index().rename(columns={"bucket": "ts"})
+    return out[["symbol", "ts", *CORE_COLUMNS]]
+
+
+def _child_pandas(files: list[Path], return_frame: bool) -> dict:
+    base_rss = _peak_rss_mb()
+    t0 = time.perf_counter()
+    out = pandas_core_features(files)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "rows": len(out), "frame": out if return_frame else None}
+
+
+def _in_child(fn: Callable[..., dict], *args: Any) -> dict:
+    """Run fn(*args) in a fresh spawned interpreter, so its peak RSS is its own."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()
+
+
+def _median(results: list[dict], key: str = "seconds") -> float:
+    return statistics.median(r[key] for r in results)
+
+
+# --- comparison of the pandas version with the mart ----------------------------------------------
+
+
+def compare_with_mart(cfg, frame) -> float:
+    """Largest relative difference between the pandas columns and the materialised mart (NULLs must agree)."""
+    import numpy as np
+    import pandas as pd
+
+    files = sorted((cfg.derived_dir / "features").glob("symbol=*/*.parquet"))
+    mart = pd.concat([pd.read_parquet(f, columns=["symbol", "ts", *CORE_COLUMNS]) for f in files], ignore_index=True)
+    mart["symbol"] = mart["symbol"].astype(str)
+    frame = frame.copy()
+    frame["symbol"] = frame["symbol"].astype(str)
+    mart["ts"] = mart["ts"].dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    frame["ts"] = frame["ts"].dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    both = mart.merge(frame, on=["symbol", "ts"], suffixes=("_sql", "_pd"), how="inner")
+    if len(both) != len(mart):
+        raise AssertionError(f"pandas version has {len(frame)} buckets, mart {len(mart)}, in common {len(both)}")
+    worst = 0.0
+    for c in CORE_COLUMNS:
+        a = both[f"{c}_sql"].to_numpy(dtype=float, na_value=np.nan)
+        b = both[f"{c}_pd"].to_numpy(dtype=float, na_value=np.nan)
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            raise AssertionError(f"{c}: NULL pattern differs ({np.isnan(a).sum()} vs {np.isnan(b).sum()})")
+        ok = ~np.isnan(a)
+        # bpv/skew/kurt of near-constant windows are ill-conditioned: compare relative to column scale
+        scale = max(float(np.nanmax(np.abs(a))), 1e-300)
+        rel = np.abs(a[ok] - b[ok]) / np.maximum(np.abs(a[ok]), 1e-9 * scale)
+        worst = max(worst, float(rel.max(initial=0.0)))
+    return worst
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+
+def _bench_one(
+    base: Path, n_symbols: int, months: int, repeats: int, pandas_max_symbols: int, threads: int, sql_root: Path
+) -> dict:
+    symbols = bench_symbols(n_symbols)
+    month_list = _months_after(START, months)
+    print(f"[{n_symbols} symbol(s) x {months} months]", flush=True)
+    source = ensure_data(base, symbols, months)
+
+    full_dir = base / "work" / f"full-s{n_symbols}-m{months}"
+    link_market(source, full_dir, symbols, month_list)
+    cfg = make_config(full_dir, threads, sql_root)
+    files = minute_files(full_dir)
+    rows = count_rows(files)
+
+    full = []
+    for i in range(repeats):
+        full.append(_in_child(_child_materialise, cfg, True))
+        print(f"  full build {i + 1}/{repeats}: {full[-1]['seconds']:.2f}s, peak RSS {full[-1]['rss_mb']:.0f} MB", flush=True)
+
+    scan = []
+    for i in range(repeats):
+        scan.append(_in_child(_child_scan, files, threads))
+        print(f"  scan floor {i + 1}/{repeats}: {scan[-1]['seconds']:.2f}s", flush=True)
+
+    pandas_runs: list[dict] = []
+    pandas_diff = None
+    if n_symbols <= pandas_max_symbols:
+        for i in range(repeats):
+            pandas_runs.append(_in_child(_child_pandas, files, i == 0))
+            print(f"  pandas {i + 1}/{repeats}: {pandas_runs[-1]['seconds']:.2f}s, peak RSS {pandas_runs[-1]['rss_mb']:.0f} MB", flush=True)
+        pandas_diff = compare_with_mart(cfg, pandas_runs[0]["frame"])
+        print(f"  pandas vs mart, core columns: max relative difference {pandas_diff:.1e}", flush=True)
+
+    incr = []
+    if months >= 2:
+        incr_dir = base / "work" / f"incr-s{n_symbols}-m{months}"
+        link_market(source, incr_dir, symbols, month_list[:-1])
+        icfg = make_config(incr_dir, threads, sql_root)
+        prep = _in_child(_child_materialise, icfg, True)
+        print(f"  incremental: base build over {months - 1} months {prep['seconds']:.2f}s", flush=True)
+        derived = icfg.derived_dir
+        snapshot = incr_dir.parent / f"{incr_dir.name}-derived-snapshot"
+        if snapshot.exists():
+            shutil.rmtree(snapshot)
+        shutil.copytree(derived, snapshot)
+        for i in range(repeats):
+            if i:
+                shutil.rmtree(derived)
+                shutil.copytree(snapshot, derived)
+                unlink_months(incr_dir, month_list[-1:])
+            link_market(source, incr_dir, symbols, month_list[-1:], fresh=False)
+            incr.append(_in_child(_child_materialise, icfg, False))
+            print(
+                f"  incremental {i + 1}/{repeats}: {incr[-1]['seconds']:.2f}s "
+                f"({incr[-1]['months']} symbol-months computed)",
+                flush=True,
+            )
+        shutil.rmtree(snapshot)
+
+    full_s = _median(full)
+    scan_s = _median(scan)
+    pandas_s = _median(pandas_runs) if pandas_runs else None
+    incr_s = _median(incr) if incr else None
+    return {
+        "symbols": n_symbols,
+        "months": months,
+        "minute_rows": rows,
+        "full_s": full_s,
+        "rows_per_s": rows / full_s,
+        "peak_rss_mb": _median(full, "rss_mb"),
+        "scan_s": scan_s,
+        "full_over_scan": full_s / scan_s,
+        "pandas_s": pandas_s,
+        "pandas_rss_mb": _median(pandas_runs, "rss_mb") if pandas_runs else None,
+        "speedup_vs_pandas": pandas_s / full_s if pandas_s else None,
+        "pandas_max_rel_diff": pandas_diff,
+        "incremental_s": incr_s,
+        "incremental_pct": 100.0 * incr_s / full_s if incr_s is not None else None,
+        "repeats": repeats,
+        "threads": threads,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    def f(v, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    head = (
+        f"{'symbols':>7} {'minute rows':>12} {'full s':>8} {'rows/s':>10} {'RSS MB':>7} {'scan s':>7} "
+        f"{'full/scan':>9} {'pandas s':>8} {'vs pandas':>9} {'incr s':>7} {'incr %':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['symbols']:>7} {r['minute_rows']:>12,} {r['full_s']:>8.2f} {r['rows_per_s']:>10,.0f} {r['peak_rss_mb']:>7.0f} "
+            f"{r['scan_s']:>7.2f} {f(r['full_over_scan'], '.1f') + 'x':>9} {f(r['pandas_s'], '.2f'):>8} "
+            f"{f(r['speedup_vs_pandas'], '.2f') + ('x' if r['speedup_vs_pandas'] else ''):>9} "
+            f"{f(r['incremental_s'], '.2f'):>7} {f(r['incremental_pct'], '.1f') + ('%' if r['incremental_pct'] is not None else ''):>7}"
+        )
+    lines.append(
+        f"targets: full/scan <= {TARGET_SCAN_RATIO:g}x, speedup vs pandas >= {TARGET_PANDAS_SPEEDUP:g}x, "
+        f"incremental <= {TARGET_INCREMENTAL_PCT:g}% of full"
+    )
+    return "\n".join(lines)
+
+
+def run(
+    cfg_base_dir: Path | None = None,
+    *,
+    symbol_counts: tuple[int, ...] = (1, 4, 10),
+    years: float = 2.0,
+    repeats: int = 3,
+    quick: bool = False,
+    pandas_max_symbols: int = 4,
+    threads: int = THREADS,
+    sql_dir: Path | None = None,
+) -> list[dict]:
+    """Run the benchmark, print the table and return its rows (one dict per symbol count).
+
+    The SQL templates (`sql_dir`, default the project's `sql/`) are snapshotted once at the start."""
+    base = Path(cfg_base_dir) if cfg_base_dir else DEFAULT_BASE
+    base.mkdir(parents=True, exist_ok=True)
+    sql_root, sql_hash = snapshot_sql(base, sql_dir)
+    print(f"SQL templates: snapshot {sql_hash} of {sql_dir or PROJECT_ROOT / 'sql'} (project at {_git_head()})", flush=True)
+    if quick:
+        symbol_counts, months, repeats = (1,), 3, 1
+    else:
+        months = max(2, round(years * 12))
+    rows = []
+    t0 = time.perf_counter()
+    for n in symbol_counts:
+        row = _bench_one(base, int(n), months, max(1, int(repeats)), pandas_max_symbols, threads, sql_root)
+        row["sql_snapshot"] = sql_hash
+        row["git_head"] = _git_head()
+        rows.append(row)
+    print()
+    print(f"feature build benchmark: {months} months of 1m bars per symbol, threads={threads}, median of {repeats}, SQL {sql_hash}")
+    print(format_table(rows))
+    print(f"(benchmark took {time.perf_counter() - t0:.0f}s; data cached under {base / 'data'})")
+    return rows
+
+
+# --- profile ---------------------------------------------------------------------------------------
+
+
+def explain_features(cfg, symbol: str, year: int, *, threads: int = 1, output: Path | None = None) -> str:
+    """EXPLAIN ANALYZE of the query `compute_features` runs, for one symbol and one calendar year
+    (12 months plus the WARMUP_MONTHS before it, rendered as `materialise` renders a block), on a
+    connection set up like compute_features' (single-threaded by default). Returns the plan text."""
+    from mscale.warehouse import build as b
+    from mscale.warehouse import render as r
+
+    params = _block_params(cfg, symbol, b._month_index(year, 1), b._month_index(year, 12))
+    con = b.connect()
+    con.execute(f"set threads = {int(threads)}")
+    con.execute(f"set memory_limit = {r._sql_string(cfg.features.memory_limit)}")
+    try:
+        b.create_views(con, cfg.sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
+        plan = "\n".join(str(row[1]) for row in con.execute("explain analyze select * from features order by symbol, ts").fetchall())
+    finally:
+        con.close()
+    if output:
+        Path(output).write_text(plan)
+    return plan
+
+
+def _block_params(cfg, symbol: str, first: int, last: int):
+    """RenderParams for months [first, last] (month indexes) of one symbol, as materialise renders a block."""
+    from dataclasses import replace
+
+    from mscale.store import list_shards, month_bounds
+    from mscale.warehouse import build as b
+    from mscale.warehouse import render as r
+
+    span = range(first - b.WARMUP_MONTHS, last + 1)
+    minutes = [s.path for s in list_shards(cfg.market_dir, "1m", symbol) if b._month_index(s.year, s.month) in span]
+    hours = [s.path for s in list_shards(cfg.market_dir, "1h", symbol) if b._month_index(s.year, s.month) in span]
+    window_start = month_bounds(*b._month_of(first - b.WARMUP_MONTHS))[0]
+    out_to = month_bounds(*b._month_of(last))[1]
+    return replace(
+        r.params_from_config(cfg),
+        minute_files=minutes,
+        hourly_files=hours,
+        symbols=(symbol,),
+        minute_from=window_start,
+        minute_to=out_to,
+        hourly_from=window_start,
+        hourly_to=out_to,
+        out_from=month_bounds(*b._month_of(first))[0],
+        out_to=out_to,
+    )
+
+
+def operator_costs(cfg, symbol: str, year: int, *, threads: int = 1, top: int = 20) -> tuple[float, list[dict]]:
+    """(query seconds, the `top` most expensive operators) of compute_features' query for one
+    symbol-year, from DuckDB's JSON profile. Operator seconds are DuckDB's own operator timings."""
+    import json
+    import tempfile
+
+    from mscale.warehouse import build as b
+    from mscale.warehouse import render as r
+
+    params = _block_params(cfg, symbol, b._month_index(year, 1), b._month_index(year, 12))
+    con = b.connect()
+    con.execute(f"set threads = {int(threads)}")
+    con.execute(f"set memory_limit = {r._sql_string(cfg.features.memory_limit)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.json"
+        try:
+            b.create_views(con, cfg.sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
+            con.execute("pragma enable_profiling = 'json'")
+            con.execute(f"pragma profiling_output = {r._sql_string(str(out))}")
+            t0 = time.perf_counter()
+            con.execute("select * from features order by symbol, ts").fetch_arrow_table()
+            seconds = time.perf_counter() - t0
+            con.execute("pragma disable_profiling")
+        finally:
+            con.close()
+        prof = json.loads(out.read_text())
+    ops: list[dict] = []
+
+    def walk(node: dict, depth: int) -> None:
+        extra = node.get("extra_info", {})
+        detail = extra.get("Projections") or extra.get("Aggregates") or extra.get("Conditions") or extra.get("Order By") or extra.get("CTE Name") or ""
+        if isinstance(detail, list):
+            detail = "; ".join(map(str, detail))
+        ops.append(
+            {
+                "seconds": float(node.get("operator_timing", 0.0)),
+                "operator": node.get("operator_name", node.get("name", "?")),
+                "rows": node.get("operator_cardinality"),
+                "depth": depth,
+                "detail": str(detail),
+            }
+        )
+        for child in node.get("children", []):
+            walk(child, depth + 1)
+
+    for child in prof.get("children", []):
+        walk(child, 0)
+    total = sum(o["seconds"] for o in ops) or 1.0
+    for o in ops:
+        o["share"] = o["seconds"] / total
+    return seconds, sorted(ops, key=lambda o: -o["seconds"])[:top]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mscale.bench_features", description=__doc__.split("\n\n")[0])
+    p.add_argument("--base-dir", type=Path, default=None, help=f"cache and work folder (default {DEFAULT_BASE})")
+    p.add_argument("--symbols", type=int, nargs="+", default=[1, 4, 10], help="symbol counts (default 1 4 10)")
+    p.add_argument("--years", type=float, default=2.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--pandas-max-symbols", type=int, default=4)
+    p.add_argument("--threads", type=int, default=THREADS)
+    p.add_argument("--quick", action="store_true", help="1 symbol x 3 months, 1 repeat (smoke test)")
+    p.add_argument("--sql-dir", type=Path, default=None, help="SQL templates to measure (default: the project's sql/)")
+    p.add_argument("--profile", metavar="YEAR", type=int, help="instead: EXPLAIN ANALYZE one symbol-year of the build")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.profile:
+        base = args.base_dir or DEFAULT_BASE
+        months = max(2, round(args.years * 12))
+        source = ensure_data(base, bench_symbols(1), months)
+        sql_root, _ = snapshot_sql(base, args.sql_dir)
+        pcfg = make_config(source, args.threads, sql_root)
+        print(explain_features(pcfg, bench_symbols(1)[0], args.profile, threads=1))
+        seconds, ops = operator_costs(pcfg, bench_symbols(1)[0], args.profile, threads=1)
+        print(f"\ncompute_features query, {bench_symbols(1)[0]} {args.profile} (+{2} warm-up months), 1 thread: {seconds:.2f}s; top operators:")
+        for o in ops:
+            print(f"  {o['seconds']:6.3f}s {100 * o['share']:5.1f}%  {o['operator']:<15} rows={o['rows']:<8} {o['detail'][:160]}")
+        return 0
+    run(
+        args.base_dir,
+        symbol_counts=tuple(args.symbols),
+        years=args.years,
+        repeats=args.repeats,
+        quick=args.quick,
+        pandas_max_symbols=args.pandas_max_symbols,
+        threads=args.threads,
+        sql_dir=args.sql_dir,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Getting klines into the shard layout: Binance REST, the data.binance.vision archive, local files."""

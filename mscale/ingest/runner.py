@@ -1,0 +1,395 @@
+"""`mscale ingest`: plan UTC months per symbol, fetch what is missing, write through the store.
+
+Guarantees:
+- validation first: symbols, interval, source, `start <= end` and a writable data dir are checked
+  before any request;
+- every row reaches disk through `mscale.store.write_klines`, in batches (a REST batch of
+  `batch_rows`, one archive day, one archive month), so a kill loses at most the batch in flight
+  and a re-run continues from what is stored: it fetches only the spans of the requested window
+  the shard does not hold (after the last stored row, before the first, and inside holes);
+- a shard is marked complete only for a past month whose whole calendar month was requested and
+  fetched: from REST to the end of the month, or as the archive's monthly file. Complete shards
+  are skipped (no request at all) unless `force`;
+- rows are never lost or duplicated: the store merges by open_time, the REST client drops
+  overlapping and still-open rows;
+- an unknown symbol (Binance -1121) gets nothing written; the other symbols are still ingested,
+  then UnknownSymbolError naming the unknown ones is raised (its `.summary` holds the summary).
+
+Sources: "rest" = REST only; "bulk" = the archive only (monthly files for past months, daily files
+for the current month's days before today, and for last month while its monthly file is not
+published yet); "auto" = bulk first, then REST for whatever the archive lacks (404s, today, a
+corrupt file).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from mscale.config import Config
+from mscale.errors import ChecksumError, MscaleError, UnknownSymbolError
+from mscale.ingest.rest import RestClient
+from mscale.schema import INTERVAL_MS, validate_interval, validate_symbol
+from mscale.store import WriteResult, is_complete, list_shards, minute_shard_path, read_shard, write_klines
+
+if TYPE_CHECKING:
+    from mscale.ingest.bulk import ArchiveClient
+
+log = logging.getLogger("mscale.ingest.runner")
+
+SOURCES = ("bulk", "rest", "auto")
+_MAX_SPANS = 16  # more holes than this in one month: fetch from the first hole to the end instead
+DAY_MS = 86_400_000
+
+
+@dataclass
+class SymbolSummary:
+    """What one symbol's ingestion did."""
+
+    rows_written: int = 0  # rows new to the shards
+    rows_fetched: int = 0  # rows handed to the store (new + replaced)
+    rows_replaced: int = 0  # stored rows overwritten by a fetched row with the same open_time
+    duplicates_dropped: int = 0  # repeated rows dropped by the REST client or the store
+    months_skipped: int = 0  # complete shards left alone
+    months_completed: int = 0  # shards marked complete by this run
+    missing: list[str] = field(default_factory=list)  # archive files that do not exist (bulk only)
+    sources: set[str] = field(default_factory=set)
+    error: str | None = None
+
+
+@dataclass
+class IngestSummary:
+    """Per-symbol results of one `ingest` call."""
+
+    interval: str
+    source: str
+    symbols: dict[str, SymbolSummary] = field(default_factory=dict)
+    rest_requests: int = 0
+
+    @property
+    def unknown(self) -> list[str]:
+        return [s for s, r in self.symbols.items() if r.error]
+
+    @property
+    def rows_written(self) -> int:
+        return sum(r.rows_written for r in self.symbols.values())
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+    def lines(self) -> list[str]:
+        """One human-readable line per symbol."""
+        out = []
+        for sym, r in self.symbols.items():
+            if r.error:
+                out.append(f"{sym}: {r.error}")
+                continue
+            line = (f"{sym} {self.interval}: {r.rows_written} new rows, {r.rows_replaced} re-fetched, "
+                    f"{r.duplicates_dropped} duplicates dropped, {r.months_skipped} complete months skipped, "
+                    f"sources {','.join(sorted(r.sources)) or '-'}")
+            if r.missing:
+                line += f"; not in the archive: {', '.join(r.missing[:3])}{' ...' if len(r.missing) > 3 else ''}"
+            out.append(line)
+        return out
+
+
+def ingest(
+    cfg: Config,
+    *,
+    symbols: list[str],
+    start: date,
+    end: date | None,
+    interval: str = "1m",
+    source: str = "bulk",
+    force: bool = False,
+    rest: RestClient | None = None,
+    archive: "ArchiveClient | None" = None,
+    today: date | None = None,
+    progress: bool = True,
+    batch_rows: int = 10_000,
+) -> IngestSummary:
+    """Download klines of `symbols` for the UTC days `start..end` (inclusive; end default today,
+    a later end is clipped to today) into `cfg.market_dir`.
+
+    `rest` / `archive` default to clients built from `cfg.ingest`; `today` defaults to the UTC
+    date; `batch_rows` is how many REST rows are buffered before a write. See the module
+    docstring for what is guaranteed about batching, resuming, completeness and unknown symbols.
+    """
+    syms = list(dict.fromkeys(validate_symbol(s) for s in symbols))
+    if not syms:
+        raise MscaleError("no symbols given: pass --symbols, e.g. --symbols BTCUSDT ETHUSDT")
+    validate_interval(interval)
+    if source not in SOURCES:
+        raise MscaleError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
+    today = today or datetime.now(timezone.utc).date()
+    end_day = end or today
+    if start > end_day:
+        raise MscaleError(f"--start {start} is after --end {end_day}")
+    if start > today:
+        raise MscaleError(f"--start {start} is in the future (today is {today} UTC)")
+    if end_day > today:
+        log.info("--end %s is in the future; fetching up to now", end_day)
+        end_day = today
+    _check_writable(cfg.market_dir)
+    if source in ("rest", "auto") and rest is None:
+        rest = RestClient.from_settings(cfg.ingest, market=cfg.market)
+    if source in ("bulk", "auto") and archive is None:
+        from mscale.ingest.bulk import ArchiveClient
+
+        archive = ArchiveClient(cfg.ingest.archive_url, market=cfg.market, timeout_s=cfg.ingest.timeout_s,
+                                max_retries=cfg.ingest.max_retries)
+    show = progress and not cfg.quiet and sys.stderr.isatty()
+    run = _Run(cfg, interval, source, force, rest, archive, today, show, batch_rows)
+    summary = IngestSummary(interval=interval, source=source)
+    requests_before = rest.stats.requests if rest else 0
+    window = (_day_ms(start), _day_ms(end_day + timedelta(days=1)))
+    for sym in syms:
+        summ = summary.symbols[sym] = SymbolSummary()
+        dropped_before = rest.stats.overlap_dropped if rest else 0
+        try:
+            for year, month in _months(start, end_day):
+                run.month(sym, year, month, window, summ)
+        except UnknownSymbolError as e:
+            if summ.rows_fetched or summ.months_skipped:
+                # the archive (or an earlier run) had data: REST no longer lists it, e.g. delisted
+                log.warning("%s; keeping the %s rows already stored (delisted?)", e, sym)
+            else:
+                summ.error = str(e)
+                if sym != syms[-1]:
+                    log.warning("%s; continuing with the other symbols", e)
+        finally:
+            if rest:
+                summ.duplicates_dropped += rest.stats.overlap_dropped - dropped_before
+        if not summ.error and summ.missing and not summ.rows_fetched and not summ.months_skipped:
+            log.warning("%s: the archive has no %s files for %s..%s; is the symbol listed? (--source auto asks REST)",
+                        sym, interval, start, end_day)
+    summary.rest_requests = (rest.stats.requests - requests_before) if rest else 0
+    if summary.unknown:
+        others = [s for s in syms if s not in summary.unknown]
+        err = UnknownSymbolError(
+            f"unknown symbol{'s' if len(summary.unknown) > 1 else ''} {', '.join(summary.unknown)}: Binance does not "
+            f"list {'them' if len(summary.unknown) > 1 else 'it'}; nothing written for "
+            f"{'them' if len(summary.unknown) > 1 else 'it'}"
+            + (f" ({', '.join(others)} ingested)" if others else "")
+        )
+        err.summary = summary  # type: ignore[attr-defined]
+        raise err
+    return summary
+
+
+class _Run:
+    """The state shared by every month of one `ingest` call."""
+
+    def __init__(self, cfg: Config, interval: str, source: str, force: bool, rest: RestClient | None,
+                 archive: "ArchiveClient | None", today: date, show: bool, batch_rows: int) -> None:
+        self.market_dir = cfg.market_dir
+        self.interval = interval
+        self.step = INTERVAL_MS[interval]
+        self.source = source
+        self.force = force
+        self.rest = rest
+        self.archive = archive
+        self.today = today
+        self.today_ms = _day_ms(today)
+        self.show = show
+        self.batch_rows = max(1, batch_rows)
+
+    # ---- one month ---------------------------------------------------------------------------
+    def month(self, sym: str, year: int, month: int, window: tuple[int, int], summ: SymbolSummary) -> None:
+        m_start, m_end = _month_ms(year, month)
+        a, b = max(window[0], m_start), min(window[1], m_end)
+        if a >= b:
+            return
+        path = self._shard(sym, year, month)
+        if path is not None and not self.force and is_complete(path):
+            summ.months_skipped += 1
+            return
+        past = m_end <= self.today_ms
+        whole = past and a == m_start and b == m_end  # may be marked complete once fetched
+        label = f"{sym} {year:04d}-{month:02d}"
+        with tqdm(total=None, desc=label, unit="rows", unit_scale=True, leave=False, disable=not self.show,
+                  file=sys.stderr) as bar:
+            if self.source in ("bulk", "auto"):
+                done = self._bulk(sym, year, month, a, b, past, whole, summ, bar)
+                if done or self.source == "bulk":
+                    return
+            self._rest(sym, year, month, a, b, whole, summ, bar)
+
+    def _bulk(self, sym: str, year: int, month: int, a: int, b: int, past: bool, whole: bool,
+              summ: SymbolSummary, bar: tqdm) -> bool:
+        """Archive files for [a, b); True when the month needs nothing more (the monthly file)."""
+        assert self.archive is not None
+        if past:
+            table = self._archive_call(self.archive.monthly, sym, self.interval, year, month)
+            if table is not None:
+                bar.set_postfix_str("bulk monthly")
+                self._write(sym, _clip(table, a, b), "bulk", summ, bar, complete=(year, month) if whole else None)
+                return True
+            summ.missing.append(f"{year:04d}-{month:02d}")
+            prev = date(self.today.year, self.today.month, 1) - timedelta(days=1)
+            if (year, month) != (prev.year, prev.month):
+                return False  # old month without a monthly file: no daily files either
+        all_days = True
+        bar.set_postfix_str("bulk daily")
+        for day in self._days_to_fetch(sym, year, month, a, b):
+            table = self._archive_call(self.archive.daily, sym, self.interval, day)
+            if table is None:
+                summ.missing.append(f"{day:%Y-%m-%d}")
+                all_days = False
+                continue
+            self._write(sym, _clip(table, a, b), "bulk", summ, bar)
+        if whole and all_days and self.source == "bulk":
+            self._mark_complete(sym, year, month, summ)
+        return False
+
+    def _archive_call(self, fn, *args) -> pa.Table | None:
+        try:
+            return fn(*args)
+        except ChecksumError as e:
+            if self.source != "auto":
+                raise
+            log.warning("%s; fetching that period from REST instead", e)
+            return None
+
+    def _days_to_fetch(self, sym: str, year: int, month: int, a: int, b: int) -> list[date]:
+        """Days before today that overlap a span of [a, b) the shard does not hold."""
+        last = min(b, self.today_ms)
+        days: set[int] = set()
+        for s, e in self._spans(sym, year, month, a, last):
+            d = s - s % DAY_MS
+            while d < e:
+                days.add(d)
+                d += DAY_MS
+        return [datetime.fromtimestamp(d / 1000, timezone.utc).date() for d in sorted(days)]
+
+    def _rest(self, sym: str, year: int, month: int, a: int, b: int, whole: bool, summ: SymbolSummary,
+              bar: tqdm) -> None:
+        """REST for every span of [a, b) the shard lacks; writes every `batch_rows` rows."""
+        assert self.rest is not None
+        spans = self._spans(sym, year, month, a, b)
+        now_ms = int(self.rest.clock() * 1000)
+        bar.total = sum(max(0, (min(e, now_ms) - s) // self.step) for s, e in spans) or None
+        bar.set_postfix_str("rest")
+        buf: list[pa.Table] = []
+        n = 0
+        for s, e in spans:
+            for page in self.rest.klines(sym, self.interval, s, e):
+                buf.append(page)
+                n += page.num_rows
+                if n >= self.batch_rows:
+                    self._write(sym, pa.concat_tables(buf), "rest", summ, bar)
+                    buf, n = [], 0
+        complete = (year, month) if whole else None
+        if buf:
+            self._write(sym, pa.concat_tables(buf), "rest", summ, bar, complete=complete)
+        elif complete:
+            self._mark_complete(sym, year, month, summ)
+
+    # ---- store -------------------------------------------------------------------------------
+    def _shard(self, sym: str, year: int, month: int) -> Path | None:
+        if self.interval == "1m":
+            p = minute_shard_path(self.market_dir, sym, year, month)
+            return p if p.exists() else None
+        found = [s.path for s in list_shards(self.market_dir, self.interval, sym) if (s.year, s.month) == (year, month)]
+        return found[0] if found else None
+
+    def _spans(self, sym: str, year: int, month: int, a: int, b: int) -> list[tuple[int, int]]:
+        """The parts of [a, b) the stored shard does not cover (everything when forced)."""
+        if a >= b:
+            return []
+        path = self._shard(sym, year, month)
+        if self.force or path is None:
+            return [(a, b)]
+        ot = read_shard(path).column("open_time").cast(pa.int64()).to_numpy()
+        return missing_spans(ot, a, b, self.step)
+
+    def _write(self, sym: str, table: pa.Table, source: str, summ: SymbolSummary, bar: tqdm,
+               complete: tuple[int, int] | None = None) -> None:
+        if table.num_rows == 0:
+            if complete:
+                self._mark_complete(sym, *complete, summ)
+            return
+        res: WriteResult = write_klines(self.market_dir, self.interval, table, source=source,
+                                        complete_months=[complete] if complete else [])
+        summ.rows_fetched += res.rows_in
+        summ.rows_replaced += res.rows_replaced
+        summ.duplicates_dropped += res.duplicates_dropped
+        summ.rows_written += res.rows_in - res.duplicates_dropped - res.rows_replaced
+        summ.sources.add(source)
+        if complete and res.shards:
+            summ.months_completed += 1
+        bar.update(table.num_rows)
+
+    def _mark_complete(self, sym: str, year: int, month: int, summ: SymbolSummary) -> None:
+        """Mark a fully fetched month complete; the store only writes metadata with rows, so the
+        last stored row is written again (identical, it replaces itself)."""
+        path = self._shard(sym, year, month)
+        if path is None:
+            return  # no rows at all that month (e.g. before the listing): nothing to mark
+        stored = read_shard(path)
+        if stored.num_rows:
+            res = write_klines(self.market_dir, self.interval, stored.slice(stored.num_rows - 1), complete_months=[(year, month)])
+            summ.months_completed += bool(res.shards)
+
+
+def missing_spans(open_time_ms: np.ndarray, a: int, b: int, step: int) -> list[tuple[int, int]]:
+    """Half-open spans of [a, b) holding no stored open_time: before the first, holes, after the last.
+
+    With more than _MAX_SPANS holes the spans are merged into one from the first hole to `b`.
+    """
+    ot = np.unique(open_time_ms[(open_time_ms >= a) & (open_time_ms < b)])
+    if len(ot) == 0:
+        return [(a, b)]
+    spans: list[tuple[int, int]] = []
+    if ot[0] > a:
+        spans.append((a, int(ot[0])))
+    holes = np.nonzero(np.diff(ot) > step)[0]
+    spans += [(int(ot[i]) + step, int(ot[i + 1])) for i in holes]
+    if ot[-1] + step < b:
+        spans.append((int(ot[-1]) + step, b))
+    if len(spans) > _MAX_SPANS:
+        spans = [(spans[0][0], b)]
+    return spans
+
+
+def _clip(table: pa.Table, a: int, b: int) -> pa.Table:
+    ot = table.column("open_time").cast(pa.int64()).to_numpy()
+    mask = (ot >= a) & (ot < b)
+    return table if mask.all() else table.filter(pa.array(mask))
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise MscaleError(f"data dir {path} is not writable ({e.strerror or e}); choose another with --data-dir") from None
+
+
+def _months(start: date, end: date) -> list[tuple[int, int]]:
+    out = []
+    y, m = start.year, start.month
+    while (y, m) <= (end.year, end.month):
+        out.append((y, m))
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
+
+
+def _day_ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def _month_ms(year: int, month: int) -> tuple[int, int]:
+    start = _day_ms(date(year, month, 1))
+    end = _day_ms(date(year + (month == 12), month % 12 + 1, 1))
+    return start, end

@@ -1,0 +1,369 @@
+"""The warehouse build: templates, window edges, minute lag, time zones, refresh, checks, shell, audit."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, make_config, random_minutes, write_market
+from mscale.errors import CheckFailedError, MscaleError
+from mscale.store import list_shards
+from mscale.warehouse import render as r
+from mscale.warehouse.audit import audit, format_audit
+from mscale.warehouse.build import build_features, compute_features, connect, create_views, materialise
+
+HOUR = 3_600_000
+MIN = 60_000
+T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
+MINUTE_COLUMNS = ["m_ret_5m", "m_ret_15m", "m_ret_60m", "m_rv_15m", "m_rv_60m", "m_bpv_60m", "m_vol_sum_60m",
+                  "m_vol_mean_5m", "m_range_60m", "m_vwap_div_60m", "m_skew_60m", "m_kurt_60m"]
+
+
+def _ts_ms(table: pa.Table, column: str = "ts") -> np.ndarray:
+    return table.column(column).cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
+
+
+def _mart(cfg, **overrides) -> pa.Table:
+    return compute_features(cfg.sql_dir, r.params_from_config(cfg, **overrides))
+
+
+def _row(table: pa.Table, ts_ms: int) -> dict:
+    i = int(np.flatnonzero(_ts_ms(table) == ts_ms)[0])
+    return table.slice(i, 1).to_pylist()[0]
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", r.discover(REPO / "sql"), ids=lambda m: f"{m.layer}/{m.name}")
+def test_every_template_renders_and_explains(model, demo_market):
+    con = connect()
+    params = r.params_from_config(demo_market)
+    create_views(con, demo_market.sql_dir, params)
+    env = r.environment(demo_market.sql_dir)
+    sql = r.render(env, model, r.RenderParams(**{**params.__dict__, "extra_models": ()}))
+    head = sql.lstrip().splitlines()[:3]
+    assert [line.split(":")[0] for line in head] == ["-- grain", "-- reads", "-- purpose"], f"{model.path} header"
+    con.execute(f"explain {sql}")
+
+
+def test_no_lookahead_outside_labels():
+    offenders = []
+    for path in (REPO / "sql").rglob("*.sql"):
+        if "labels" in path.parts:
+            continue
+        text = re.sub(r"--[^\n]*", "", path.read_text()).lower()
+        if re.search(r"\blead\s*\(", text) or re.search(r"\bfollowing\b", text):
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
+
+
+def test_templates_reject_values_that_could_inject_sql():
+    with pytest.raises(MscaleError, match="invalid symbol"):
+        r.RenderParams(symbols=("BTC'; drop table x; --",)).context()
+    with pytest.raises(MscaleError, match="divisor of 60"):
+        r.RenderParams(minute_windows=(5, 15, 60, 7)).context()
+    assert r.sql_paths(["/tmp/it's.parquet"]) == "['/tmp/it''s.parquet']"
+
+
+# --- window edges -------------------------------------------------------------------------------
+
+def _edge_market(cfg, extra_rows: list[dict] | None = None, drop_open_ms: tuple[int, ...] = ()):
+    """3 hours of minutes from T0, written as shards; extra rows are appended to the raw shard."""
+    minutes = random_minutes("EDGEUSDT", T0, 180, seed=3)
+    keep = ~np.isin(minutes.column("open_time").cast(pa.int64()).to_numpy(), drop_open_ms)
+    write_market(cfg, minutes.filter(pa.array(keep)))
+    if extra_rows:
+        path = list_shards(cfg.market_dir, "1m")[0].path
+        table = pq.read_table(path)
+        extra = pa.Table.from_pylist(extra_rows, schema=table.schema)
+        pq.write_table(pa.concat_tables([table, extra]), path)
+
+
+def test_minute_closing_exactly_at_ts_is_in_and_later_ones_are_out(tmp_path):
+    cfg = make_config(tmp_path)
+    _edge_market(cfg)
+    base = _mart(cfg)
+    ts = T0 + HOUR
+    assert _row(base, ts)["m_n_60m"] == 60
+    assert _row(base, ts)["m_last_close_time"].timestamp() * 1000 == ts  # the minute closing at ts feeds ts
+
+    # a bar closing 1 ms after ts (an odd close time) and the bar opening at ts are not in ts's window
+    cfg2 = make_config(tmp_path / "late")
+    odd = {"symbol": "EDGEUSDT", "open_time": pd.Timestamp(ts - MIN + 1, unit="ms", tz="UTC"),
+           "close_time": pd.Timestamp(ts + 1, unit="ms", tz="UTC"), "open": 1e6, "high": 1e6, "low": 1e6,
+           "close": 1e6, "volume": 1e6, "quote_volume": 1e12, "trades": 1, "taker_buy_base": 1.0, "taker_buy_quote": 1.0}
+    _edge_market(cfg2, extra_rows=[odd])
+    late = _mart(cfg2)
+    for col in ["m_n_60m", *MINUTE_COLUMNS]:
+        assert _row(late, ts)[col] == _row(base, ts)[col], col
+    assert _row(late, ts + HOUR)["m_n_60m"] == 61  # it belongs to the next decision time
+
+
+def test_a_missing_minute_changes_coverage_and_nothing_breaks(tmp_path):
+    cfg = make_config(tmp_path)
+    _edge_market(cfg, drop_open_ms=(T0 + 30 * MIN,))
+    row = _row(_mart(cfg), T0 + HOUR)
+    assert row["m_n_60m"] == 59
+    assert all(row[c] is not None and np.isfinite(row[c]) for c in MINUTE_COLUMNS)
+
+
+def test_window_with_less_than_half_its_bars_is_null(tmp_path):
+    cfg = make_config(tmp_path)
+    last_five = tuple(T0 + HOUR - k * MIN for k in range(1, 4))  # 3 of the last 5 minutes missing
+    _edge_market(cfg, drop_open_ms=last_five)
+    row = _row(_mart(cfg), T0 + HOUR)
+    assert row["m_ret_5m"] is None and row["m_vol_mean_5m"] is None
+    assert row["m_ret_15m"] is not None and row["m_n_60m"] == 57
+
+
+# --- minute lag ----------------------------------------------------------------------------------
+
+def test_minute_lag_moves_every_minute_feature_by_one_decision_time(demo_market):
+    lag0 = _mart(demo_market, minute_lag_hours=0).to_pandas().set_index(["symbol", "ts"])
+    lag1 = _mart(demo_market, minute_lag_hours=1).to_pandas().set_index(["symbol", "ts"])
+    shifted = lag0.reset_index()
+    shifted["ts"] = shifted["ts"] + pd.Timedelta(hours=1)
+    shifted = shifted.set_index(["symbol", "ts"])
+    common = lag1.index.intersection(shifted.index)
+    assert len(common) > 2000
+    for col in ["m_n_60m", "m_last_close_time", *MINUTE_COLUMNS, "m_burst_15m", "m_pressure_15m"]:
+        pd.testing.assert_series_equal(lag1.loc[common, col], shifted.loc[common, col], check_names=False)
+    # hourly features do not move
+    pd.testing.assert_series_equal(lag1["rsi_14"], lag0["rsi_14"])
+
+
+def test_seed_recipe_is_one_minute_later_than_close_time_windows(demo_market):
+    """The plan's resample(label=right, closed=right) on open times + shift(1) holds the minutes
+    opened in (t - 2h, t - 1h]; the lag-1 close-time window (close_time in (t - 2h, t - 1h]) holds
+    those opened in [t - 2h, t - 1h - 1m]: the seed's bucket is one minute later."""
+    from mscale.store import read_klines
+
+    minutes = read_klines(demo_market.market_dir, "1m", "BTCUSDT").to_pandas().set_index("open_time")
+    seed = minutes["volume"].resample("1h", label="right", closed="right").sum(min_count=1).shift(1)
+    lag1 = _mart(demo_market, minute_lag_hours=1).to_pandas()
+    lag1 = lag1[lag1.symbol == "BTCUSDT"].set_index("ts")["m_vol_sum_60m"]
+    vol = minutes["volume"]
+    checked = 0
+    for t in lag1.index[200:400]:
+        opened_seed = vol[(vol.index > t - pd.Timedelta(hours=2)) & (vol.index <= t - pd.Timedelta(hours=1))]
+        opened_ours = vol[(vol.index >= t - pd.Timedelta(hours=2)) & (vol.index <= t - pd.Timedelta(hours=1, minutes=1))]
+        if len(opened_seed) < 60 or len(opened_ours) < 60:
+            continue
+        assert seed[t] == pytest.approx(opened_seed.sum(), rel=1e-12)
+        assert lag1[t] == pytest.approx(opened_ours.sum(), rel=1e-12)
+        # both leak-free: the latest minute in either bucket closed at or before t - 1h + 1m <= t
+        assert opened_seed.index.max() + pd.Timedelta(minutes=1) <= t
+        checked += 1
+    assert checked > 150
+    # and they really differ by one minute at the edges
+    assert not np.allclose(seed.reindex(lag1.index[200:400]), lag1.iloc[200:400])
+
+
+# --- time zones -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("view", ["klines_1m", "klines_1h", "features_hourly", "features_minute", "features", "labels"])
+def test_views_do_not_depend_on_the_session_time_zone(demo_market, view):
+    params = r.params_from_config(demo_market)
+    results = []
+    for tz in ("UTC", "Asia/Kolkata", "America/New_York"):
+        con = connect()
+        con.execute("set threads = 1")  # parallel sums may differ in the last bit from run to run
+        con.execute(f"set TimeZone = '{tz}'")
+        create_views(con, demo_market.sql_dir, params)
+        key = "open_time" if view.startswith("klines") else "ts"
+        table = con.execute(f"select * from {view} order by symbol, {key}").to_arrow_table()
+        con.close()
+        # Arrow carries the session zone as display metadata; compare the instants in UTC
+        results.append(pa.table([c.cast(pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(c.type) else c
+                                 for c in table.columns], names=table.column_names))
+    assert results[0].num_rows > 0
+    assert results[0].equals(results[1]) and results[0].equals(results[2])
+
+
+# --- refresh and the whole build -------------------------------------------------------------------
+
+def _cache(cfg) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted((cfg.derived_dir / "features").rglob("*.parquet"))])
+
+
+def test_incremental_refresh_equals_full_rebuild(tmp_path):
+    from mscale.demo import write_demo
+
+    full = make_config(tmp_path / "full")
+    write_demo(full, symbols=("BTCUSDT",), start=date(2024, 1, 1), months=5, seed=3)
+    inc = make_config(tmp_path / "inc")
+    shutil.copytree(full.data_dir, inc.data_dir)
+    held = tmp_path / "held"
+    held.mkdir()
+    for s in list_shards(inc.market_dir, "1m") + list_shards(inc.market_dir, "1h"):
+        if s.month >= 4:
+            shutil.move(s.path, held / s.path.name)
+
+    first = materialise(inc)
+    assert first.months_computed == 3
+    assert materialise(inc).months_computed == 0  # nothing changed, nothing recomputed
+    for p in held.iterdir():
+        shutil.move(p, (inc.minute_dir if "_1m_" in p.name else inc.hourly_dir) / p.name)
+    refresh = materialise(inc)
+    assert refresh.months_computed == 2 and refresh.months_skipped == 3  # only the new quarter
+    materialise(full, full=True)
+    a, b = _cache(full), _cache(inc)
+    assert a.num_rows == b.num_rows > 3000
+    assert a.equals(b), [c for c in a.column_names if not a.column(c).equals(b.column(c))]
+
+
+def test_build_creates_views_checks_and_cache(demo_market, tmp_path):
+    cfg = make_config(tmp_path)
+    shutil.copytree(demo_market.data_dir, cfg.data_dir)
+    result = build_features(cfg)
+    assert all(c.failing_rows == 0 for c in result.checks) and len(result.checks) >= 5
+    con = duckdb.connect(str(cfg.warehouse), read_only=True)
+    n_bars = con.execute("select count(*) from klines_1h").fetchone()[0]
+    assert con.execute("select count(*) from features").fetchone()[0] == n_bars
+    assert con.execute("select count(*) from check_results where failing_rows = 0").fetchone()[0] == len(result.checks)
+    cached = con.execute("select * from features order by symbol, ts").to_arrow_table()
+    con.close()
+    live = compute_features(cfg.sql_dir, r.params_from_config(cfg))
+    assert cached.select(live.column_names).equals(live.cast(cached.select(live.column_names).schema))
+
+
+def test_shell_reads_the_warehouse_from_any_directory(demo_market, tmp_path):
+    cfg = make_config(tmp_path)
+    shutil.copytree(demo_market.data_dir, cfg.data_dir)
+    build_features(cfg)
+    shell = Path(sys.executable).with_name("duckdb")
+    assert shell.exists(), "the duckdb shell is installed with the project"
+    for cwd in (tmp_path, Path("/")):
+        out = subprocess.run([str(shell), str(cfg.warehouse), "-csv", "-c", "SELECT symbol, ts, m_n_60m FROM features LIMIT 5"],
+                             cwd=cwd, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert lines[0] == "symbol,ts,m_n_60m" and len(lines) == 6
+    out = subprocess.run([str(shell), str(cfg.warehouse), "-csv", "-c", "SELECT count(*) FROM klines_1m"],
+                         cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and int(out.stdout.split()[-1]) > 100_000, out.stderr
+
+
+def test_new_minute_shards_show_up_without_a_rebuild(demo_market, tmp_path):
+    cfg = make_config(tmp_path)
+    shutil.copytree(demo_market.data_dir, cfg.data_dir)
+    build_features(cfg)
+    from mscale.store import write_klines
+
+    write_klines(cfg.market_dir, "1m", random_minutes("NEWUSDT", T0, 120, seed=1))
+    con = duckdb.connect(str(cfg.warehouse), read_only=True)
+    assert con.execute("select count(*) from klines_1m where symbol = 'NEWUSDT'").fetchone()[0] == 120
+
+
+# --- checks plant their violations ----------------------------------------------------------------
+
+@pytest.fixture
+def built(demo_market, tmp_path):
+    cfg = make_config(tmp_path)
+    shutil.copytree(demo_market.data_dir, cfg.data_dir)
+    build_features(cfg)
+    return cfg
+
+
+def _tamper(cfg, fn) -> None:
+    path = sorted((cfg.derived_dir / "features").rglob("*.parquet"))[1]
+    pq.write_table(fn(pq.read_table(path)), path)
+
+
+def test_alignment_check_catches_a_minute_after_ts(built):
+    def late(t):
+        ts = t.column("ts")
+        return t.set_column(t.schema.get_field_index("m_last_close_time"), "m_last_close_time",
+                            pa.compute.add(ts, pa.scalar(60_000_000, pa.duration("us"))).cast(t.schema.field("m_last_close_time").type))
+    _tamper(built, late)
+    with pytest.raises(CheckFailedError, match="chk_features__alignment"):
+        build_features(built, full=False) if False else _rerun_checks(built)
+
+
+def test_unique_key_and_grid_checks_catch_duplicates_and_missing_rows(built):
+    _tamper(built, lambda t: pa.concat_tables([t, t.slice(0, 3)]))
+    with pytest.raises(CheckFailedError, match="chk_features__unique_key"):
+        _rerun_checks(built)
+    _tamper(built, lambda t: t.slice(10))
+    with pytest.raises(CheckFailedError, match="chk_features__hourly_grid"):
+        _rerun_checks(built)
+
+
+def _rerun_checks(cfg):
+    """Run the build's checks against the (tampered) cache without refreshing it."""
+    from mscale.warehouse import build
+
+    con = connect(cfg.warehouse)
+    try:
+        params = r.params_from_config(cfg)
+        checks = build.run_checks(con, cfg.sql_dir, params)
+    finally:
+        con.close()
+    failing = [c for c in checks if c.failing_rows]
+    if failing:
+        raise CheckFailedError("; ".join(f"{c.name}: {c.failing_rows}" for c in failing))
+
+
+# --- audit -----------------------------------------------------------------------------------------
+
+LEAKY = {
+    "feat_extra__next_close": """-- grain: (symbol, ts)
+-- reads: klines_1h
+-- purpose: planted leak: the next bar's close
+select symbol, close_time as ts, lead(close) over (partition by symbol order by close_time) as next_close from klines_1h
+""",
+    "feat_extra__future_high": """-- grain: (symbol, ts)
+-- reads: klines_1h
+-- purpose: planted leak: a following frame
+select symbol, close_time as ts,
+    max(high) over (partition by symbol order by close_time rows between current row and 2 following) as future_high
+from klines_1h
+""",
+    "feat_extra__open_time_window": """-- grain: (symbol, ts)
+-- reads: klines_1m
+-- purpose: planted leak: a 60-minute window keyed on open times takes the bar that opens at ts
+select
+    symbol,
+    open_time as ts,
+    sum(volume) over (partition by symbol order by open_time range between interval 59 minutes preceding and current row) as open_window_volume,
+from klines_1m
+qualify minute(open_time at time zone 'UTC') = 0
+""",
+}
+
+
+def test_audit_passes_the_shipped_features_and_flags_planted_leaks(demo_market, tmp_path):
+    clean = audit(demo_market, cuts=1, seed=1)
+    assert clean.ok and len(clean.columns) > 100, format_audit(clean)
+
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(demo_market.sql_dir, sql_dir)
+    for name, text in LEAKY.items():
+        (sql_dir / "features" / "extra" / f"{name}.sql").write_text(text)
+    leaky = audit(demo_market, cuts=2, seed=1, sql_dir=sql_dir)
+    flagged = {(v.relation, v.column) for v in leaky.leaking}
+    for name, column in [("feat_extra__next_close", "next_close"), ("feat_extra__future_high", "future_high"),
+                         ("feat_extra__open_time_window", "open_window_volume")]:
+        assert (name, column) in flagged
+        assert ("features", column) in flagged  # joined into the mart, it leaks there too
+    assert not any(rel == "features_hourly" for rel, _ in flagged)
+    text = format_audit(leaky)
+    assert "LEAK feat_extra__next_close.next_close" in text and "first at" in text
+
+
+def test_audit_command_exit_code(demo_market, tmp_path):
+    from mscale.cli import main
+
+    assert main(["audit", "--data-dir", str(demo_market.data_dir), "--cuts", "1", "--quiet"]) == 0
+    assert main(["audit", "--data-dir", str(tmp_path / "empty"), "--cuts", "1", "--quiet"]) == 2
