@@ -2,7 +2,7 @@
 
 What the generated market guarantees (tests/test_demo.py measures each):
 - time: minute bars on the UTC minute grid `[start, start + months)`, `close_time = open_time + 1 min`;
-  hourly bars derived from those minutes by `minutes_to_hours`, so the two reconcile exactly;
+  hourly bars derived from those minutes by `mscale.resample.hours_from_minutes`, so the two reconcile exactly;
 - deterministic: the same (symbols, start, months, seed) gives byte-identical tables; each symbol's
   rows depend only on (seed, symbol, start, months), not on which other symbols are generated;
 - gaps like a real feed: ~0.1% of minutes missing at random per symbol, and a few exchange-wide
@@ -23,11 +23,11 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mscale.config import Config
 from mscale.errors import MscaleError
-from mscale.schema import INTERVAL_MS, KLINE_SCHEMA, TS, klines_from_arrays, validate_symbol
+from mscale.resample import hours_from_minutes
+from mscale.schema import INTERVAL_MS, klines_from_arrays, validate_symbol
 from mscale.store import META_SOURCE, list_shards, minute_shard_path, shard_metadata, write_klines
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -245,76 +245,6 @@ def generate_minutes(
     return pa.concat_tables([_one_symbol(s, common, seed) for s in syms])
 
 
-def minutes_to_hours(minutes: pa.Table) -> pa.Table:
-    """Aggregate 1m klines (any symbols, any gaps) into 1h klines in KLINE_SCHEMA.
-
-    A minute with open_time `o` goes to the hour `floor(o, 1 h)` (UTC), i.e. the hourly bar with
-    close time `ts` holds exactly the minutes with close_time in `(ts - 1 h, ts]` (CONTRACT §3).
-    Per (symbol, hour): first open, max high, min low, last close (by open_time), sums of volume,
-    quote_volume, trades and the taker fields; `close_time = open_time + 1 h`. Only hours with at
-    least one minute appear. A sum is NULL when any of its minutes is NULL. Output sorted by
-    (symbol, open_time). Raises MscaleError on a repeated (symbol, open_time).
-    """
-    if minutes.num_rows == 0:
-        return KLINE_SCHEMA.empty_table()
-    sym = minutes.column("symbol").combine_chunks()
-    if not pa.types.is_dictionary(sym.type):
-        sym = pc.dictionary_encode(sym.cast(pa.string()))
-    dictionary = np.asarray(sym.dictionary.cast(pa.string()).to_pylist(), dtype=object)
-    rank = np.empty(len(dictionary), dtype=np.int64)
-    rank[np.argsort(dictionary, kind="stable")] = np.arange(len(dictionary))
-    code = rank[sym.indices.to_numpy(zero_copy_only=False)]
-    ot = minutes.column("open_time").cast(TS).cast(pa.int64()).to_numpy()
-
-    if len(ot) > 1 and not np.all((np.diff(code) > 0) | ((np.diff(code) == 0) & (np.diff(ot) > 0))):
-        order = np.lexsort((ot, code))
-        code, ot = code[order], ot[order]
-        if np.any((np.diff(code) == 0) & (np.diff(ot) == 0)):
-            raise MscaleError("minutes_to_hours: repeated (symbol, open_time) rows; deduplicate first")
-    else:
-        order = None
-
-    def values(name: str) -> np.ndarray:
-        arr = minutes.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)  # NULL -> NaN
-        return arr if order is None else arr[order]
-
-    hour = np.floor_divide(ot, _HOUR_MS)
-    new = np.ones(len(ot), dtype=bool)
-    new[1:] = (code[1:] != code[:-1]) | (hour[1:] != hour[:-1])
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(ot)) - 1
-
-    trades_col = minutes.column("trades").cast(pa.int64())
-    trades = trades_col.fill_null(0).to_numpy()
-    trades_null = trades_col.is_null().to_numpy(zero_copy_only=False).astype(np.int64)
-    if order is not None:
-        trades, trades_null = trades[order], trades_null[order]
-    trades_sum = pa.array(np.add.reduceat(trades, starts), pa.int64(), mask=np.add.reduceat(trades_null, starts) > 0)
-
-    def f64(arr: np.ndarray) -> pa.Array:
-        return pa.array(arr, pa.float64(), from_pandas=True)  # NaN (from a NULL) -> NULL
-
-    open_ms = hour[starts] * _HOUR_MS
-    names = dictionary[np.argsort(rank)]  # code -> symbol
-    return pa.table(
-        {
-            "symbol": pa.array(names[code[starts]].tolist(), pa.string()),
-            "open_time": pa.array(open_ms, pa.int64()).cast(TS),
-            "close_time": pa.array(open_ms + _HOUR_MS, pa.int64()).cast(TS),
-            "open": f64(values("open")[starts]),
-            "high": f64(np.maximum.reduceat(values("high"), starts)),
-            "low": f64(np.minimum.reduceat(values("low"), starts)),
-            "close": f64(values("close")[ends]),
-            "volume": f64(np.add.reduceat(values("volume"), starts)),
-            "quote_volume": f64(np.add.reduceat(values("quote_volume"), starts)),
-            "trades": trades_sum,
-            "taker_buy_base": f64(np.add.reduceat(values("taker_buy_base"), starts)),
-            "taker_buy_quote": f64(np.add.reduceat(values("taker_buy_quote"), starts)),
-        },
-        schema=KLINE_SCHEMA,
-    )
-
-
 def _clear_previous_demo(cfg: Config, symbols: Sequence[str], months: list[tuple[int, int]]) -> None:
     """Remove earlier synthetic shards of these symbol-months so a new seed never mixes with an old one;
     refuse to touch shards from any other source."""
@@ -344,7 +274,7 @@ def write_demo(
     """Generate the demo market and write it under `cfg.market_dir` (minute/ and hourly/ shards).
 
     Both intervals go through `write_klines(..., source="synthetic")` with every month marked
-    complete; hourly bars are `minutes_to_hours(minutes)`. Earlier synthetic shards of the same
+    complete; hourly bars are `hours_from_minutes(minutes)`. Earlier synthetic shards of the same
     symbol-months are replaced, not merged; shards from a real source are never overwritten
     (MscaleError instead). Returns a summary: symbols, months, seed, row and shard counts,
     missing minutes, outage hours, seconds taken.
@@ -353,7 +283,7 @@ def write_demo(
     syms = _check_args(symbols, start, months, seed)
     month_list = _month_list(start, months)
     minutes = generate_minutes(syms, start=start, months=months, seed=seed)
-    hours = minutes_to_hours(minutes)
+    hours = hours_from_minutes(minutes)
     _clear_previous_demo(cfg, syms, month_list)
     wm = write_klines(cfg.market_dir, "1m", minutes, source=SOURCE, complete_months=month_list)
     wh = write_klines(cfg.market_dir, "1h", hours, source=SOURCE, complete_months=month_list)

@@ -72,8 +72,8 @@ def random_minutes(symbol: str, start_ms: int, n: int, *, seed: int = 0, keep=No
 
 def write_market(cfg: Config, minutes) -> None:
     """Write minutes and the hourly bars derived from them into cfg's data dir."""
-    from mscale.demo import minutes_to_hours
+    from mscale.resample import hours_from_minutes
     from mscale.store import write_klines
 
     write_klines(cfg.market_dir, "1m", minutes)
-    write_klines(cfg.market_dir, "1h", minutes_to_hours(minutes))
+    write_klines(cfg.market_dir, "1h", hours_from_minutes(minutes))

@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 import pytest
 
 from mscale.config import load_config
-from mscale.demo import DEFAULT_SYMBOLS, generate_minutes, minutes_to_hours, write_demo
+from mscale.demo import DEFAULT_SYMBOLS, generate_minutes, write_demo
+from mscale.resample import hours_from_minutes
 from mscale.errors import MscaleError
 from mscale.schema import KLINE_SCHEMA
 from mscale.store import (
@@ -34,7 +35,7 @@ GRID_MINUTES = 182 * 1440  # 2024-01-01 .. 2024-07-01
 def market() -> tuple[pa.Table, pa.Table]:
     """The default demo market (generation takes about a second)."""
     minutes = generate_minutes()
-    return minutes, minutes_to_hours(minutes)
+    return minutes, hours_from_minutes(minutes)
 
 
 def _sym(table: pa.Table, symbol: str) -> pa.Table:
@@ -154,7 +155,7 @@ def test_write_demo_layout_and_readback(tmp_path):
         assert shard_metadata(s.path)[META_SOURCE] == b"synthetic"
 
     minutes = generate_minutes(("BTCUSDT", "ETHUSDT"), start=date(2024, 2, 1), months=2, seed=11)
-    hours = minutes_to_hours(minutes)
+    hours = hours_from_minutes(minutes)
     for sym in ("BTCUSDT", "ETHUSDT"):
         assert read_klines(cfg.market_dir, "1m", sym).equals(_sym(minutes, sym))
         assert read_klines(cfg.market_dir, "1h", sym).equals(_sym(hours, sym))
@@ -167,7 +168,7 @@ def test_rewriting_with_another_seed_replaces_instead_of_mixing(tmp_path):
     write_demo(cfg, symbols=("BTCUSDT",), months=1, seed=2)
     fresh = generate_minutes(("BTCUSDT",), months=1, seed=2)
     assert read_klines(cfg.market_dir, "1m", "BTCUSDT").equals(fresh)
-    assert read_klines(cfg.market_dir, "1h", "BTCUSDT").equals(minutes_to_hours(fresh))
+    assert read_klines(cfg.market_dir, "1h", "BTCUSDT").equals(hours_from_minutes(fresh))
 
 
 def test_write_demo_refuses_to_overwrite_real_data(tmp_path):
@@ -337,64 +338,3 @@ def test_weekends_are_quieter(market):
         assert len(ratios) >= 20 and np.median(ratios) < 0.9, s
 
 
-# --- minutes_to_hours on a hand-checkable table -------------------------------------------------
-
-
-def _tiny(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows))
-    return pa.table(
-        {
-            "symbol": pa.array(cols[0], pa.string()),
-            "open_time": pa.array([int(x) for x in cols[1]], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            "close_time": pa.array([int(x) + MIN_MS for x in cols[1]], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            **{
-                name: pa.array(cols[i + 2], pa.int64() if name == "trades" else pa.float64())
-                for i, name in enumerate(KLINE_SCHEMA.names[3:])
-            },
-        }
-    )
-
-
-T0 = int(datetime(2024, 3, 1, tzinfo=timezone.utc).timestamp() * 1000)
-
-
-def test_minutes_to_hours_by_hand():
-    # symbol, open_time, open, high, low, close, volume, quote_volume, trades, taker_base, taker_quote
-    rows = [
-        ("ZZZ", T0 + 5 * MIN_MS, 7.0, 8.0, 6.0, 7.5, 1.0, 7.0, 1, 0.5, 3.5),
-        ("AAA", T0 + 59 * MIN_MS, 11.0, 13.0, 10.5, 12.0, 3.0, 35.0, 4, 1.0, 11.0),
-        ("AAA", T0, 10.0, 11.0, 9.0, 10.5, 1.0, 10.0, 2, 0.5, 5.0),
-        ("AAA", T0 + 1 * MIN_MS, 10.5, 12.0, 10.0, 11.0, 2.0, 22.0, 3, 1.0, 11.0),
-        # 01:00-01:59 missing entirely
-        ("AAA", T0 + 120 * MIN_MS, 20.0, 21.0, 19.0, 20.5, 5.0, 100.0, 7, 2.0, 40.0),
-    ]
-    out = minutes_to_hours(_tiny(rows))
-    assert out.schema.equals(KLINE_SCHEMA)
-    assert out.to_pylist() == [
-        dict(symbol="AAA", open_time=_dt(T0), close_time=_dt(T0 + HOUR_MS), open=10.0, high=13.0, low=9.0,
-             close=12.0, volume=6.0, quote_volume=67.0, trades=9, taker_buy_base=2.5, taker_buy_quote=27.0),
-        dict(symbol="AAA", open_time=_dt(T0 + 2 * HOUR_MS), close_time=_dt(T0 + 3 * HOUR_MS), open=20.0,
-             high=21.0, low=19.0, close=20.5, volume=5.0, quote_volume=100.0, trades=7, taker_buy_base=2.0,
-             taker_buy_quote=40.0),
-        dict(symbol="ZZZ", open_time=_dt(T0), close_time=_dt(T0 + HOUR_MS), open=7.0, high=8.0, low=6.0,
-             close=7.5, volume=1.0, quote_volume=7.0, trades=1, taker_buy_base=0.5, taker_buy_quote=3.5),
-    ]
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def test_minutes_to_hours_nulls_duplicates_and_empty():
-    rows = [
-        ("AAA", T0, 10.0, 11.0, 9.0, 10.5, 1.0, None, None, 0.5, None),
-        ("AAA", T0 + MIN_MS, 10.5, 12.0, 10.0, 11.0, 2.0, 22.0, 3, 1.0, 11.0),
-        ("AAA", T0 + HOUR_MS, 11.0, 12.0, 10.0, 11.5, 2.0, 22.0, 3, 1.0, 11.0),
-    ]
-    out = minutes_to_hours(_tiny(rows)).to_pylist()
-    assert [r["quote_volume"] for r in out] == [None, 22.0]  # a sum over a NULL is NULL, not partial
-    assert [r["trades"] for r in out] == [None, 3]
-    assert [r["taker_buy_base"] for r in out] == [1.5, 1.0]
-    with pytest.raises(MscaleError, match="repeated"):
-        minutes_to_hours(_tiny(rows + [rows[0]]))
-    assert minutes_to_hours(KLINE_SCHEMA.empty_table()).num_rows == 0

@@ -12,7 +12,6 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_config
-from mscale.demo import minutes_to_hours
+from mscale.resample import hours_from_minutes
 from mscale.schema import klines_from_arrays
 from mscale.store import write_klines
 from mscale.warehouse.build import compute_features
@@ -161,7 +160,7 @@ def _random_walk_minutes(
 
 def _write(cfg, minutes: pa.Table, hours: pa.Table | None = None) -> None:
     write_klines(cfg.market_dir, "1m", minutes)
-    write_klines(cfg.market_dir, "1h", minutes_to_hours(minutes) if hours is None else hours)
+    write_klines(cfg.market_dir, "1h", hours_from_minutes(minutes) if hours is None else hours)
 
 
 GAPPED_START = _ms(2024, 1, 22)  # 20 days: crosses 2024-02-01, 480 hourly grid slots
@@ -285,7 +284,7 @@ def test_hourly_bar_without_minutes_has_zero_minute_count(tmp_path):
     full = _random_walk_minutes(rng, _ms(2024, 3, 1), 4 * 60)
     keep = np.ones(4 * 60, dtype=bool)
     keep[120:180] = False  # the third hour's minutes are lost, its hourly bar is not
-    _write(cfg, full.filter(pa.array(keep)), hours=minutes_to_hours(full))
+    _write(cfg, full.filter(pa.array(keep)), hours=hours_from_minutes(full))
     mart = _mart(cfg)
     assert mart.num_rows == 4
     row = mart.slice(2, 1).to_pylist()[0]
