@@ -78,8 +78,13 @@ def _months_after(start: date, n: int) -> list[tuple[int, int]]:
 
 def ensure_data(base: Path, symbols: tuple[str, ...], months: int, *, seed: int = SEED, start: date = START) -> Path:
     """The cached market dir holding `symbols` x `months` of synthetic shards; generates what is missing."""
-    from mscale.demo import SOURCE, generate_minutes, minutes_to_hours
+    from mscale.demo import SOURCE, generate_minutes
     from mscale.store import write_klines
+
+    try:  # the demo market's own minute->hour aggregation, wherever it lives
+        from mscale.demo import minutes_to_hours
+    except ImportError:
+        from mscale.resample import hours_from_minutes as minutes_to_hours
 
     market = base / "data" / f"{start:%Y%m}-m{months}-seed{seed}"
     month_list = _months_after(start, months)
@@ -481,6 +486,7 @@ def run(
         months = max(2, round(years * 12))
     rows = []
     t0 = time.perf_counter()
+    load0 = os.getloadavg()
     for n in symbol_counts:
         row = _bench_one(base, int(n), months, max(1, int(repeats)), pandas_max_symbols, threads, sql_root)
         row["sql_snapshot"] = sql_hash
@@ -489,7 +495,10 @@ def run(
     print()
     print(f"feature build benchmark: {months} months of 1m bars per symbol, threads={threads}, median of {repeats}, SQL {sql_hash}")
     print(format_table(rows))
-    print(f"(benchmark took {time.perf_counter() - t0:.0f}s; data cached under {base / 'data'})")
+    print(
+        f"(benchmark took {time.perf_counter() - t0:.0f}s; load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs; data cached under {base / 'data'})"
+    )
     return rows
 
 

@@ -113,7 +113,7 @@ def _config(args: argparse.Namespace) -> Config:
         if getattr(args, key, None) is not None:
             ingest[key] = getattr(args, key)
     features = {}
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
         features["threads"] = args.threads
     if getattr(args, "memory_limit", None):
         features["memory_limit"] = args.memory_limit

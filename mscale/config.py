@@ -7,6 +7,7 @@ Paths are made absolute here, once, so nothing downstream depends on the working
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from mscale.errors import MscaleError
 
-DEFAULT_BASE_URL = "https://api.binance.com"
+DEFAULT_BASE_URL = "https://data-api.binance.vision"  # the public market-data host
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
 
 
@@ -88,11 +89,15 @@ class Config:
 
 
 def find_project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` holding `mscale.toml` or the project's `sql/`; else `start`."""
+    """The nearest folder at or above `start` holding `mscale.toml` or the project's `sql/`;
+    else the checkout this package was installed from; else `start`."""
     start = (start or Path.cwd()).resolve()
     for d in (start, *start.parents):
         if (d / "mscale.toml").is_file() or (d / "sql" / "sources").is_dir():
             return d
+    installed = Path(__file__).resolve().parents[1]
+    if (installed / "sql" / "sources").is_dir():
+        return installed
     return start
 
 
@@ -129,6 +134,9 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise MscaleError(f"{toml_path} is not valid TOML ({e}); fix or remove it") from None
 
+    for key in ("data_dir", "warehouse", "market"):
+        if key in raw and not isinstance(raw[key], str):
+            raise MscaleError(f"{toml_path}: {key} must be a string, got {raw[key]!r}")
     known = {"data_dir", "warehouse", "market", "ingest", "features"}
     if set(raw) - known:
         raise MscaleError(f"{toml_path} has unknown keys {sorted(set(raw) - known)}: known keys are {sorted(known)}")
@@ -146,7 +154,7 @@ def load_config(
     mk = market or raw.get("market", "spot")
     if mk not in ("spot", "um"):
         raise MscaleError(f"unknown market {mk!r}: use spot or um")
-    return Config(
+    cfg = Config(
         project_root=root,
         data_dir=data.resolve(),
         warehouse=wh.resolve(),
@@ -155,3 +163,31 @@ def load_config(
         ingest=_section(raw, IngestSettings, "ingest", ingest or {}),
         features=_section(raw, FeatureSettings, "features", features or {}),
     )
+    _validate(cfg)
+    return cfg
+
+
+_MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+
+
+def _validate(cfg: Config) -> None:
+    """One-line errors for settings of the wrong type or range, before anything runs."""
+    f, i = cfg.features, cfg.ingest
+
+    def whole(name: str, value: Any, low: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MscaleError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+    whole("threads", f.threads, 1)
+    whole("z_window", f.z_window, 2)
+    whole("minute_lag_hours", f.minute_lag_hours, 0)
+    whole("pace_ms", i.pace_ms, 0)
+    whole("max_retries", i.max_retries, 0)
+    if not isinstance(f.memory_limit, str) or not _MEMORY_RE.match(f.memory_limit.strip()):
+        raise MscaleError(f"memory_limit {f.memory_limit!r} is not a size; use e.g. 4GB or 512MB")
+    if not isinstance(i.timeout_s, (int, float)) or i.timeout_s <= 0:
+        raise MscaleError(f"timeout_s must be a positive number of seconds, got {i.timeout_s!r}")
+    for name in ("start", "end"):
+        value = getattr(f, name)
+        if value is not None and not (isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)):
+            raise MscaleError(f"features {name} must be a date YYYY-MM-DD, got {value!r}")

@@ -12,6 +12,7 @@ import logging
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mscale.config import Config
 from mscale.schema import KLINE_SCHEMA, validate_symbol
@@ -68,11 +69,17 @@ def hours_from_minutes(minutes: pa.Table) -> pa.Table:
 def resample_hourly(cfg: Config, symbols: list[str] | None = None) -> dict[str, int]:
     """Write hourly shards derived from each symbol's minute shards; returns {symbol: hourly rows}.
 
-    `symbols=None` means every symbol with minute shards. Written through `write_klines` with
-    source "resampled", so it merges into existing hourly shards (the resampled bar wins for the
-    same open_time) and is idempotent. A symbol without minute shards maps to 0 and writes nothing.
+    `symbols=None` means every symbol that has minute shards but no hourly shards (exchange bars
+    are never replaced unless a symbol is named). The last hour is written only once its final
+    minute is present: a trailing hour still being filled would otherwise become a fake bar.
+    Written through `write_klines` with source "resampled", so re-running is idempotent. A symbol
+    without minute shards maps to 0 and writes nothing.
     """
-    todo = list(symbols) if symbols is not None else symbols_with_data(cfg.market_dir, "1m")
+    if symbols is None:
+        have_hours = set(symbols_with_data(cfg.market_dir, "1h"))
+        todo = [s for s in symbols_with_data(cfg.market_dir, "1m") if s not in have_hours]
+    else:
+        todo = list(symbols)
     out: dict[str, int] = {}
     for symbol in todo:
         validate_symbol(symbol)
@@ -81,8 +88,17 @@ def resample_hourly(cfg: Config, symbols: list[str] | None = None) -> dict[str, 
             log.warning("%s: no minute shards under %s; nothing to resample", symbol, cfg.market_dir)
             out[symbol] = 0
             continue
-        hours = hours_from_minutes(minutes)
+        hours = _complete_tail(hours_from_minutes(minutes), minutes)
         write_klines(cfg.market_dir, "1h", hours, source="resampled")
         log.info("%s: %d minute bars -> %d hourly bars", symbol, minutes.num_rows, hours.num_rows)
         out[symbol] = hours.num_rows
     return out
+
+
+def _complete_tail(hours: pa.Table, minutes: pa.Table) -> pa.Table:
+    """Drop the last hourly bar when the minute closing at its end is not there (yet)."""
+    if hours.num_rows == 0:
+        return hours
+    last_minute_close = pc.max(minutes.column("close_time")).cast(pa.int64()).as_py()
+    last_hour_close = hours.column("close_time")[-1].cast(pa.int64()).as_py()
+    return hours if last_minute_close >= last_hour_close else hours.slice(0, hours.num_rows - 1)

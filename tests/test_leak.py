@@ -62,14 +62,30 @@ def test_features_at_or_before_the_cut_ignore_everything_after_it(seed, gap_list
     _assert_same(full, poisoned, f"prices and volumes x{POISON_FACTOR:g} after the cut")
 
 
-def test_the_leak_test_would_catch_a_leak():
-    """Sanity check of the harness: a feature that reads the next bar differs on the poisoned copy."""
+def test_the_harness_catches_a_planted_leak(tmp_path):
+    """The same truncation comparison, run on a copy of sql/ with a feature that reads the next bar,
+    reports that feature and only that feature."""
+    import shutil
+
+    from conftest import REPO
+    from mscale.warehouse.render import params_from_config
+
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(REPO / "sql", sql_dir)
+    (sql_dir / "features" / "extra" / "feat_extra__peek.sql").write_text(
+        "-- grain: (symbol, ts)\n-- reads: klines_1h\n-- purpose: planted leak\n"
+        "select symbol, close_time as ts, lead(close) over (partition by symbol order by close_time) as peek\n"
+        "from klines_1h\n"
+    )
     minutes = random_minutes("LEAKUSDT", START_MS, 3 * 1440, seed=1)
-    cut_ms = START_MS + 30 * 3_600_000
-    poisoned = _cut_tables(minutes, cut_ms, "poisoned")
-    full, bad = _upto(_features(minutes, 24), cut_ms), _upto(_features(poisoned, 24), cut_ms)
-    # the same computation shifted by one hour would see the poisoned bar
-    shifted_full = full.column("ret_1h").to_numpy(zero_copy_only=False)[1:]
-    shifted_bad = _upto(_features(poisoned, 24), cut_ms + 3_600_000).column("ret_1h").to_numpy(zero_copy_only=False)[1:]
-    assert not np.allclose(shifted_full[-1], shifted_bad[-1])
-    assert full.column("ret_1h").equals(bad.column("ret_1h"))
+    cut_ms = START_MS + 40 * 3_600_000
+
+    def build(table):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = make_config(Path(tmp), z_window=24)
+            write_market(cfg, table)
+            return _upto(compute_features(sql_dir, params_from_config(cfg)), cut_ms)
+
+    full, truncated = build(minutes), build(_cut_tables(minutes, cut_ms, "truncated"))
+    changed = [c for c in full.column_names if not full.column(c).equals(truncated.column(c))]
+    assert changed == ["peek"]

@@ -100,12 +100,19 @@ def test_hours_are_utc_whatever_the_local_time_zone():
     assert out.stdout.strip() == str([T0, T0 + 2 * HOUR])
 
 
+def _with_last_minute() -> pa.Table:
+    """_tiny() plus the minute closing at 01:00, so the trailing hour 00:00 is complete."""
+    last = klines_from_arrays("BTCUSDT", [T0 + 179 * MIN], "1m", open=[20.5], high=[20.6], low=[20.4], close=[20.5],
+                              volume=[1.0], quote_volume=[20.5], trades=[1], taker_buy_base=[0.5], taker_buy_quote=[10.0])
+    return pa.concat_tables([_tiny(), last])
+
+
 def test_resample_hourly_writes_shards_idempotently(tmp_path):
     cfg = _cfg(tmp_path)
-    write_klines(cfg.market_dir, "1m", _tiny(), source="test")
+    write_klines(cfg.market_dir, "1m", _with_last_minute(), source="test")
     assert resample_hourly(cfg) == {"BTCUSDT": 2}
     stored = read_klines(cfg.market_dir, "1h", "BTCUSDT")
-    assert stored.equals(hours_from_minutes(_tiny()))
+    assert stored.equals(hours_from_minutes(_with_last_minute()))
     shards = list_shards(cfg.market_dir, "1h", "BTCUSDT")
     assert [s.path.name for s in shards] == [
         "binance_BTCUSDT_1h_20240131_20240131.parquet",
@@ -114,6 +121,23 @@ def test_resample_hourly_writes_shards_idempotently(tmp_path):
     assert all(shard_metadata(s.path)[META_SOURCE] == b"resampled" for s in shards)
     assert resample_hourly(cfg, ["BTCUSDT"]) == {"BTCUSDT": 2}
     assert read_klines(cfg.market_dir, "1h", "BTCUSDT").equals(stored)
+
+
+def test_trailing_hour_without_its_last_minute_is_not_a_bar(tmp_path):
+    cfg = _cfg(tmp_path)
+    write_klines(cfg.market_dir, "1m", _tiny(), source="test")  # the 00:00 hour holds only 00:30
+    assert resample_hourly(cfg) == {"BTCUSDT": 1}
+    assert read_klines(cfg.market_dir, "1h", "BTCUSDT").column("open_time").cast(pa.int64()).to_pylist() == [T0]
+
+
+def test_default_leaves_symbols_with_exchange_hourly_bars_alone(tmp_path):
+    cfg = _cfg(tmp_path)
+    write_klines(cfg.market_dir, "1m", _with_last_minute(), source="test")
+    exchange = hours_from_minutes(_with_last_minute()).slice(0, 1)
+    exchange = exchange.set_column(exchange.schema.get_field_index("volume"), "volume", pa.array([99.0]))
+    write_klines(cfg.market_dir, "1h", exchange, source="rest")
+    assert resample_hourly(cfg) == {}
+    assert read_klines(cfg.market_dir, "1h", "BTCUSDT").column("volume").to_pylist() == [99.0]
 
 
 def test_resample_hourly_symbol_without_minutes(tmp_path):

@@ -367,3 +367,105 @@ def test_audit_command_exit_code(demo_market, tmp_path):
 
     assert main(["audit", "--data-dir", str(demo_market.data_dir), "--cuts", "1", "--quiet"]) == 0
     assert main(["audit", "--data-dir", str(tmp_path / "empty"), "--cuts", "1", "--quiet"]) == 2
+
+
+# --- review follow-ups --------------------------------------------------------------------------
+
+def test_a_removed_symbol_leaves_the_cache_and_the_checks_pass(tmp_path):
+    from mscale.demo import write_demo
+
+    cfg = make_config(tmp_path)
+    write_demo(cfg, symbols=("BTCUSDT", "ETHUSDT"), start=date(2024, 1, 1), months=1, seed=2)
+    build_features(cfg)
+    for s in list_shards(cfg.market_dir, "1m", "ETHUSDT") + list_shards(cfg.market_dir, "1h", "ETHUSDT"):
+        s.path.unlink()
+    result = build_features(cfg)
+    assert all(c.failing_rows == 0 for c in result.checks)
+    assert not list((cfg.derived_dir / "features").glob("symbol=ETHUSDT/*.parquet"))
+    con = duckdb.connect(str(cfg.warehouse), read_only=True)
+    assert con.execute("select distinct symbol from features").fetchall() == [("BTCUSDT",)]
+
+
+def test_shards_without_a_symbol_column_take_it_from_the_file_name(tmp_path):
+    cfg = make_config(tmp_path)
+    write_market(cfg, random_minutes("NOSYMUSDT", T0, 180, seed=4))
+    for s in list_shards(cfg.market_dir, "1m") + list_shards(cfg.market_dir, "1h"):
+        pq.write_table(pq.read_table(s.path).drop(["symbol"]), s.path)
+    mart = _mart(cfg)
+    assert set(mart.column("symbol").to_pylist()) == {"NOSYMUSDT"} and mart.num_rows == 3
+
+
+@pytest.mark.parametrize("check, key", [
+    ("chk_klines_1m__unique_key", "open_time"), ("chk_klines_1h__unique_key", "open_time"),
+    ("chk_features_hourly__unique_key", "ts"), ("chk_features_minute__unique_key", "ts"),
+    ("chk_features__unique_key", "ts"),
+])
+def test_every_unique_key_check_returns_a_planted_duplicate(check, key):
+    view = check.removeprefix("chk_").split("__")[0]
+    con = duckdb.connect()
+    con.execute(f"create table {view} as select 'BTCUSDT' as symbol, to_timestamp(3600 * (range % 3)) as {key} from range(4)")
+    env = r.environment(REPO / "sql")
+    model = next(m for m in r.discover(REPO / "sql") if m.name == check)
+    rows = con.execute(r.render(env, model, r.RenderParams())).fetchall()
+    assert len(rows) == 1 and rows[0][-1] == 2  # ts 0 appears twice
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"threads": 0}, "threads"), ({"memory_limit": "lots"}, "memory_limit"), ({"z_window": 1}, "z_window"),
+    ({"start": "2024/01/01"}, "start"), ({"minute_lag_hours": -1}, "minute_lag_hours"),
+])
+def test_bad_feature_settings_are_one_line_errors(tmp_path, settings, message):
+    with pytest.raises(MscaleError, match=message):
+        make_config(tmp_path, **settings)
+
+
+def test_bad_mscale_toml_is_a_one_line_error(tmp_path):
+    from mscale.config import load_config
+
+    (tmp_path / "mscale.toml").write_text("data_dir = 5\n")
+    with pytest.raises(MscaleError, match="data_dir must be a string"):
+        load_config(project_root=tmp_path)
+    (tmp_path / "mscale.toml").write_text("[features]\nz_windw = 10\n")
+    with pytest.raises(MscaleError, match="unknown keys"):
+        load_config(project_root=tmp_path)
+
+
+def test_audit_command_exits_non_zero_on_a_leak(demo_market, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "sql", project / "sql")
+    (project / "mscale.toml").write_text(f'data_dir = "{demo_market.data_dir}"\n')
+    (project / "sql" / "features" / "extra" / "feat_extra__next_close.sql").write_text(LEAKY["feat_extra__next_close"])
+    out = subprocess.run([sys.executable, "-m", "mscale", "audit", "--cuts", "1", "--quiet"], cwd=project,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "LEAK feat_extra__next_close.next_close" in out.stdout
+
+
+def test_longer_window_features_match_a_pandas_recomputation(demo_market):
+    """z-scores (previous N rows, current excluded), same-hour volume z, 30-day range percentile, labels."""
+    mart = _mart(demo_market, z_window=48).to_pandas()
+    one = mart[mart.symbol == "BTCUSDT"].set_index("ts").sort_index()
+    prev = one["ret_24h"].shift(1).rolling(48, min_periods=24)
+    expected_z = (one["ret_24h"] - prev.mean()) / prev.std()
+    pd.testing.assert_series_equal(one["ret_24h_z"], expected_z, check_names=False, rtol=1e-8)
+
+    vol = one["m_vol_sum_60m"]
+    same_hour = pd.concat([vol.reindex(vol.index - pd.Timedelta(days=k)).set_axis(vol.index) for k in range(1, 8)], axis=1)
+    n = same_hour.notna().sum(axis=1)
+    z_hod = ((vol - same_hour.mean(axis=1)) / same_hour.std(axis=1)).where(n >= 4)
+    pd.testing.assert_series_equal(one["m_vol_z_hod"], z_hod, check_names=False, rtol=1e-8)
+
+    rng_ = one["m_range_60m"]
+    sample = one.index[800::97]
+    for t in sample:
+        hist = rng_[(rng_.index >= t - pd.Timedelta(hours=720)) & (rng_.index <= t - pd.Timedelta(hours=1))].dropna()
+        want = (hist <= rng_[t]).mean() if len(hist) >= 360 and pd.notna(rng_[t]) else None
+        got = one.loc[t, "m_range_pct_30d"]
+        assert (want is None and pd.isna(got)) or got == pytest.approx(want, rel=1e-12)
+
+    con = connect()
+    create_views(con, demo_market.sql_dir, r.params_from_config(demo_market))
+    labels = con.execute("select ts, fwd_ret_1h from labels where symbol = 'BTCUSDT' order by ts").df().set_index("ts")
+    closes = con.execute("select close_time as ts, close from klines_1h where symbol = 'BTCUSDT' order by ts").df().set_index("ts")["close"]
+    want = np.log(closes.reindex(closes.index + pd.Timedelta(hours=1)).to_numpy() / closes.to_numpy())
+    np.testing.assert_allclose(labels["fwd_ret_1h"].to_numpy(dtype=float), want, rtol=1e-12, equal_nan=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -221,8 +222,11 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     started = time.perf_counter()
     base = r.params_from_config(cfg)
     sql_hash = r.sql_fingerprint(cfg.sql_dir, base)
-    manifest_path = cfg.derived_dir / "features" / "_manifest.json"
-    manifest = {} if full or not manifest_path.exists() else json.loads(manifest_path.read_text())
+    cache_dir = cfg.derived_dir / "features"
+    manifest_path = cache_dir / "_manifest.json"
+    if full and cache_dir.exists():
+        shutil.rmtree(cache_dir)  # nothing of an earlier build survives a full rebuild
+    manifest = {} if not manifest_path.exists() else json.loads(manifest_path.read_text())
     result = BuildResult()
 
     minute_shards: dict[str, dict[int, list[Path]]] = {}
@@ -289,10 +293,10 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
             manifest[key] = wanted
             _write_manifest(manifest_path, manifest)
 
-    for symbol in symbols:  # months whose hourly shards are gone
-        for stale in (cfg.derived_dir / "features" / f"symbol={symbol}").glob("*.parquet"):
-            if _month_index(int(stale.stem[:4]), int(stale.stem[4:6])) not in hourly_shards[symbol]:
-                stale.unlink()
+    for stale in cache_dir.glob("symbol=*/*.parquet"):  # months (or whole symbols) whose hourly shards are gone
+        symbol = stale.parent.name.removeprefix("symbol=")
+        if _month_index(int(stale.stem[:4]), int(stale.stem[4:6])) not in hourly_shards.get(symbol, {}):
+            stale.unlink()
     result.seconds = time.perf_counter() - started
     return result
 

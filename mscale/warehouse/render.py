@@ -118,9 +118,9 @@ class RenderParams:
         if 60 not in self.minute_windows or 15 not in self.minute_windows:
             raise MscaleError("minute_windows must include 15 and 60 (the contract's core columns use them)")
         for name in ("z_window", "minute_lag_hours", "check_sample_rows"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < (0 if name == "minute_lag_hours" else 2):
-                raise MscaleError(f"{name} must be a non-negative whole number, got {v!r}")
+            v, low = getattr(self, name), 0 if name == "minute_lag_hours" else 2
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise MscaleError(f"{name} must be a whole number >= {low}, got {v!r}")
         for s in self.symbols:
             validate_symbol(s)
         ctx = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -5,7 +5,8 @@
 {% macro read_shards(files) -%}
 {% if files %}
 select
-    symbol,
+    -- the file name is authoritative for the symbol (CONTRACT §1-2: shards may omit the column)
+    regexp_extract(filename, 'binance_([A-Z0-9]{2,20})_1[mh]_', 1) as symbol,
     open_time,
     close_time,
     open,
