@@ -218,20 +218,24 @@ def write_klines(
     *,
     source: str | None = None,
     complete_months: Iterable[tuple[int, int]] = (),
+    upstream_duplicates: int = 0,
 ) -> WriteResult:
     """Merge `table` (any symbols, any months) into the shard layout under `market_dir`.
 
     Every (symbol, month) group is merged with what is stored, sorted, deduplicated by open_time
     (incoming wins) and written atomically. `complete_months` marks shards as complete, so later
-    runs skip them; the mark is never removed by a later partial write.
+    runs skip them; the mark is never removed by a later partial write. `upstream_duplicates`
+    counts rows a source dropped before this call (e.g. overlapping REST pages); they are added to
+    the first shard's `duplicates_dropped` metadata, which the ingestion report sums.
     """
     validate_interval(interval)
     table = table.select(KLINE_SCHEMA.names).cast(KLINE_SCHEMA)
     complete = set(complete_months)
     result = WriteResult(rows_in=table.num_rows)
-    for symbol, year, month, part in _split(table):
+    for i, (symbol, year, month, part) in enumerate(_split(table)):
         validate_symbol(symbol)
         part, dups = dedupe_sorted(part)
+        dups += upstream_duplicates if i == 0 else 0
         if interval == "1m":
             old_paths = [minute_shard_path(market_dir, symbol, year, month)]
         else:

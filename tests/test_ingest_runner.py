@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mscale.config import Config
-from mscale.errors import ChecksumError, MscaleError, UnknownSymbolError
+from mscale.errors import ChecksumError, DownloadError, MscaleError, UnknownSymbolError
 from mscale.ingest.rest import RestClient
 from mscale.ingest.runner import IngestSummary, ingest, missing_spans
 from mscale.store import is_complete, list_shards, minute_shard_path, read_shard, shard_metadata, write_atomic
@@ -140,6 +140,52 @@ def test_every_fault_gives_exactly_the_fixture(tmp_path, fb, fc, fault):
     assert is_complete(aug_path(cfg)) and not is_complete(sep_path(cfg))
     if fault == "overlap":
         assert summary.symbols["BTCUSDT"].duplicates_dropped > 0
+
+
+def test_overlap_rows_dropped_by_the_client_are_counted_in_the_summary_and_the_shards(tmp_path, fb, fc):
+    """Every served row the REST client drops (before startTime, repeated) is a duplicate dropped: in
+    the summary line and in the shard metadata the report reads; the shards themselves stay exact."""
+    cfg = make_cfg(tmp_path)
+    fb.add_fault("overlap", rows=7, times=100)  # every page starts 7 rows early
+    rest = rest_client(fb, fc)
+    summary = run(cfg, fb, fc, rest=rest)
+    assert_market(cfg)
+    syms = ("BTCUSDT", "ETHUSDT")
+    in_meta = {sym: sum(int(shard_metadata(s.path)[b"mscale.duplicates_dropped"])
+                        for s in list_shards(cfg.market_dir, "1m", sym)) for sym in syms}
+    in_summary = {sym: summary.symbols[sym].duplicates_dropped for sym in syms}
+    assert in_meta == in_summary and in_meta["BTCUSDT"] > 0 and in_meta["ETHUSDT"] > 0
+    assert sum(in_summary.values()) == rest.stats.overlap_dropped
+    s = summary.symbols["BTCUSDT"]
+    assert s.rows_written == s.rows_fetched == sum(t.num_rows for t in expected(BTC).values())
+    assert f"{s.duplicates_dropped} duplicates dropped" in str(summary)
+
+    again = run(cfg, fb, fc)  # September again: one page of 7 older rows, nothing new to write
+    assert again.symbols["BTCUSDT"].duplicates_dropped == 7 and again.rows_written == 0
+    assert_market(cfg)
+
+
+def test_a_full_page_of_older_rows_is_asked_again_and_never_completes_a_month(tmp_path, fb, fc):
+    """A server ignoring startTime (a full page, every row before it) must not end August early."""
+    page2 = f"symbol=BTCUSDT&interval=1m&startTime={BTC[0][0] + PAGE * MIN}&"
+    fb.add_fault("overlap", rows=PAGE, times=1, path_contains=page2)  # the 500 rows before startTime
+    cfg = make_cfg(tmp_path / "once")
+    rest = rest_client(fb, fc)
+    run(cfg, fb, fc, symbols=["BTCUSDT"], rest=rest)
+    assert_market(cfg, symbols=["BTCUSDT"])
+    assert is_complete(aug_path(cfg)) and rest.stats.retries == 1 and fb.count(page2) == 2
+
+    fb.add_fault("overlap", rows=PAGE, times=100, path_contains=page2)  # for good
+    cfg = make_cfg(tmp_path / "always")
+    with pytest.raises(DownloadError, match="no row at or after startTime") as e:
+        run(cfg, fb, fc, symbols=["BTCUSDT"], rest=rest_client(fb, fc, max_retries=3))
+    assert "\n" not in str(e.value) and fb.count(page2) == 2 + 4
+    assert not is_complete(aug_path(cfg))
+    assert read_shard(aug_path(cfg)).num_rows == PAGE  # the page before it is kept
+    fb.clear_faults()
+    run(cfg, fb, fc, symbols=["BTCUSDT"])
+    assert_market(cfg, symbols=["BTCUSDT"])
+    assert is_complete(aug_path(cfg))
 
 
 def test_418_waits_retry_after_before_the_next_request(tmp_path, fb, fc):
@@ -403,6 +449,28 @@ def test_unwritable_data_dir_is_rejected_before_any_request(tmp_path, fb, fc):
     assert fb.requests == []
 
 
+def test_ingest_refuses_a_data_dir_holding_demo_shards(tmp_path, fb, fc):
+    """The demo marks its months complete: ingesting real data there would skip them and mix the two."""
+    from mscale.demo import write_demo
+
+    cfg = make_cfg(tmp_path)
+    write_demo(cfg, symbols=["SOLUSDT", "BTCUSDT"], start=START, months=1, seed=3)
+    before = {p: p.stat().st_mtime_ns for p in cfg.market_dir.rglob("*.parquet")}
+    archive = full_archive()
+    for source, symbols, shard in [("rest", ["BTCUSDT"], "binance_BTCUSDT_1m_202308.parquet"),
+                                   ("bulk", ["BTCUSDT"], "binance_BTCUSDT_1m_202308.parquet"),
+                                   ("auto", ["ETHUSDT"], "binance_BTCUSDT_1m_202308.parquet")]:
+        with pytest.raises(MscaleError) as e:
+            run(cfg, fb, fc, symbols=symbols, source=source, archive=archive)
+        msg = str(e.value)
+        assert f"{cfg.market_dir / 'minute' / shard} holds synthetic demo data" in msg, msg
+        assert "another --data-dir" in msg and "\n" not in msg
+    with pytest.raises(MscaleError, match="binance_SOLUSDT_1h_.* holds synthetic demo data"):
+        run(cfg, fb, fc, symbols=["SOLUSDT"], interval="1h")
+    assert fb.requests == [] and archive.calls == []
+    assert {p: p.stat().st_mtime_ns for p in cfg.market_dir.rglob("*.parquet")} == before
+
+
 def test_end_in_the_future_is_clipped_to_today(tmp_path, fb, fc):
     cfg = make_cfg(tmp_path)
     run(cfg, fb, fc, end=date(2024, 1, 1))
@@ -491,11 +559,32 @@ def test_bulk_falls_back_to_daily_files_while_last_months_file_is_unpublished(tm
     assert not is_complete(aug_path(cfg))  # days before the listing have no files: cannot tell
 
 
-def test_bulk_with_a_symbol_the_archive_lacks_writes_nothing(tmp_path):
+def test_bulk_with_a_symbol_the_archive_lacks_is_an_error_naming_it(tmp_path):
     cfg = make_cfg(tmp_path)
-    summary = ingest(cfg, symbols=["NOPEUSDT"], start=START, end=None, source="bulk", archive=StubArchive(),
-                     today=TODAY, progress=False)
-    assert not list_shards(cfg.market_dir, "1m") and summary.symbols["NOPEUSDT"].missing[0] == "2023-08"
+    archive = full_archive(["BTCUSDT"])
+    with pytest.raises(UnknownSymbolError) as e:
+        ingest(cfg, symbols=["NOPEUSDT", "BTCUSDT"], start=START, end=None, source="bulk", archive=archive,
+               today=TODAY, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("unknown symbol NOPEUSDT: the archive") and "\n" not in msg
+    assert "no 1m files for it from 2023-08-01 to 2023-09-02" in msg and "misspelt, or not listed yet" in msg
+    assert "--source auto" in msg and "(BTCUSDT ingested)" in msg
+    assert not list_shards(cfg.market_dir, "1m", "NOPEUSDT")
+    assert_market(cfg, now_ms=day_ms(TODAY), symbols=["BTCUSDT"])  # the other symbol is still ingested
+    summary = e.value.summary
+    assert summary.unknown == ["NOPEUSDT"] and summary.symbols["NOPEUSDT"].missing[0] == "2023-08"
+    assert ("monthly", "NOPEUSDT", 2023, 8) in archive.calls
+
+
+def test_bulk_without_files_for_a_symbol_with_stored_rows_is_no_error(tmp_path, fb, fc):
+    """Known from an earlier run: archive 404s alone do not make it unknown."""
+    cfg = make_cfg(tmp_path)
+    run(cfg, fb, fc, symbols=["BTCUSDT"], start=date(2023, 8, 31), end=date(2023, 8, 31))  # August in part
+    archive = StubArchive()
+    summary = ingest(cfg, symbols=["BTCUSDT"], start=START, end=None, source="bulk", archive=archive, today=TODAY,
+                     progress=False)
+    s = summary.symbols["BTCUSDT"]
+    assert summary.unknown == [] and s.archive_files == len(s.missing) > 1 and s.rows_fetched == 0
 
 
 def test_bulk_checksum_error_stops_the_run(tmp_path):
@@ -567,3 +656,12 @@ def test_progress_bar_only_on_a_terminal(tmp_path, fb, fc, capsys, monkeypatch):
            force=True)
     err = capsys.readouterr().err
     assert "BTCUSDT 2023-09" in err and "rows" in err
+
+
+def test_quiet_hides_the_progress_bar_even_on_a_terminal(tmp_path, fb, fc, capsys, monkeypatch):
+    cfg = Config(project_root=tmp_path, data_dir=tmp_path / "data", warehouse=tmp_path / "wh.duckdb", quiet=True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert sys.stderr.isatty()
+    ingest(cfg, symbols=["BTCUSDT"], start=START, end=None, source="rest", rest=rest_client(fb, fc), today=TODAY)
+    assert capsys.readouterr().err == ""
+    assert_market(cfg, symbols=["BTCUSDT"])

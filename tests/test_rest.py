@@ -201,6 +201,44 @@ def test_overlap_rows_are_dropped_and_counted():
         assert c.stats.overlap_dropped == 14  # pages 2 and 3 (page 1 has nothing before it)
 
 
+def test_a_full_page_without_a_row_at_or_after_starttime_is_asked_again():
+    """A server (or cache) answering with the full page before startTime: paging must not end there."""
+    fc = FakeClock(NOW_S)
+    page2 = f"startTime={T0 + 1000 * 60_000}&"
+    with FakeBinance({(SYM, "1m"): ROWS}) as fb:
+        fb.add_fault("overlap", rows=1000, times=2, path_contains=page2)  # ROWS[0:1000] again, twice
+        c = client(fb, fc)
+        assert fetch(c).equals(rows_table(ROWS, SYM, "1m"))
+        assert fb.count(page2) == 3 and c.stats.retries == 2 and len(fc.sleeps) == 2
+        assert c.stats.overlap_dropped == 0  # the refused pages are asked again, not dropped as overlap
+
+
+def test_a_full_page_without_a_row_at_or_after_starttime_for_good_is_a_download_error():
+    fc = FakeClock(NOW_S)
+    page2 = f"startTime={T0 + 1000 * 60_000}&"
+    with FakeBinance({(SYM, "1m"): ROWS}) as fb:
+        fb.add_fault("overlap", rows=1000, times=100, path_contains=page2)
+        c = client(fb, fc, max_retries=3)
+        got = []
+        with pytest.raises(DownloadError) as e:
+            for page in c.klines(SYM, "1m", T0, END):
+                got.append(page)
+        msg = str(e.value)
+        assert f"{fb.url}/api/v3/klines?symbol={SYM}" in msg and "no row at or after startTime" in msg
+        assert "\n" not in msg and fb.count(page2) == 4
+        assert pa.concat_tables(got).equals(rows_table(ROWS[:1000], SYM, "1m"))  # the first page only
+
+
+def test_a_short_page_of_older_rows_ends_paging():
+    """A short page says the server has nothing more, even when its rows are all before startTime."""
+    fc = FakeClock(NOW_S)
+    with FakeBinance({(SYM, "1m"): ROWS}) as fb:
+        fb.add_fault("overlap", rows=5, path_contains=f"startTime={ROWS[-1][0] + 60_000}&")
+        c = client(fb, fc)
+        assert list(c.klines(SYM, "1m", ROWS[-1][0] + 60_000, END)) == []
+        assert fb.count() == 1 and c.stats.overlap_dropped == 5 and c.stats.retries == 0
+
+
 class ClockedSession(requests.Session):
     """Records the fake clock's time at every request."""
 
@@ -299,6 +337,22 @@ def test_other_rejections_are_not_retried():
         with pytest.raises(DownloadError, match="-1120"):
             c.page(SYM, "1m", {"symbol": SYM, "interval": "7m", "startTime": T0})
         assert fb.count() == 1
+
+
+def test_default_hosts():
+    from mscale.config import DEFAULT_BASE_URL, IngestSettings
+    from mscale.ingest.rest import FUTURES_BASE_URL
+
+    assert DEFAULT_BASE_URL == "https://data-api.binance.vision"  # the public market-data host
+    assert RestClient().base_url == DEFAULT_BASE_URL
+    assert RestClient.from_settings(IngestSettings()).base_url == DEFAULT_BASE_URL
+    um = RestClient.from_settings(IngestSettings(), market="um")
+    assert um.base_url == FUTURES_BASE_URL == "https://fapi.binance.com" and um.klines_path == "/fapi/v1/klines"
+    for spot_host in ("https://api.binance.com", "https://api.binance.com/", "https://data-api.binance.vision/"):
+        assert RestClient.from_settings(IngestSettings(base_url=spot_host), market="um").base_url == FUTURES_BASE_URL
+        assert RestClient.from_settings(IngestSettings(base_url=spot_host)).base_url == spot_host.rstrip("/")
+    own = RestClient.from_settings(IngestSettings(base_url="http://127.0.0.1:9"), market="um")
+    assert own.base_url == "http://127.0.0.1:9" and own.klines_path == "/fapi/v1/klines"
 
 
 def test_futures_endpoint():

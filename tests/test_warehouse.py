@@ -234,8 +234,10 @@ def test_build_creates_views_checks_and_cache(demo_market, tmp_path):
     assert con.execute("select count(*) from check_results where failing_rows = 0").fetchone()[0] == len(result.checks)
     cached = con.execute("select * from features order by symbol, ts").to_arrow_table()
     con.close()
-    live = compute_features(cfg.sql_dir, r.params_from_config(cfg))
-    assert cached.select(live.column_names).equals(live.cast(cached.select(live.column_names).schema))
+    live = compute_features(cfg.sql_dir, r.params_from_config(cfg)).to_pandas()
+    # the cache is computed one symbol at a time; DuckDB's window trees then group the sums of the
+    # second symbol differently than in one query over both, so the last bits may differ
+    pd.testing.assert_frame_equal(cached.to_pandas()[list(live.columns)], live, check_dtype=False, rtol=1e-9)
 
 
 def test_shell_reads_the_warehouse_from_any_directory(demo_market, tmp_path):

@@ -4,7 +4,11 @@ Guarantees of `RestClient.klines(symbol, interval, start_ms, end_ms)`:
 - yields KLINE_SCHEMA tables whose rows are closed candles (`open_time + interval <= now`, now
   the injected clock, or the server's `Date` header when that is earlier), with `start_ms <= open_time < end_ms`, sorted, and every open_time
   yielded at most once across the whole iteration, whatever order or overlap the server's pages
-  have;
+  have; overlapping rows (before the page's startTime, or repeated) are dropped and counted in
+  `stats.overlap_dropped`;
+- it ends before `end_ms` only when the server has nothing more (an empty or short page, or the
+  still-open candle); a full page without any row at or after its startTime is asked for again
+  and, after `max_retries` retries, raises DownloadError, never a silent early end;
 - a page is only yielded once it was received completely and parsed; a failed request (5xx,
   429/418, timeout, reset connection, truncated or malformed body) is retried and never yields
   partial rows;
@@ -39,6 +43,8 @@ from mscale.schema import INTERVAL_MS, empty_klines, klines_from_arrays, validat
 log = logging.getLogger("mscale.ingest.rest")
 
 FUTURES_BASE_URL = "https://fapi.binance.com"
+# spot hosts that serve no futures endpoint: with one of these, `market="um"` goes to FUTURES_BASE_URL
+SPOT_BASE_URLS = frozenset({DEFAULT_BASE_URL, "https://data-api.binance.vision", "https://api.binance.com"})
 KLINES_PATH = {"spot": "/api/v3/klines", "um": "/fapi/v1/klines"}
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 
@@ -219,7 +225,7 @@ class RestClient:
     def from_settings(cls, settings: IngestSettings, *, market: str = "spot", **overrides) -> "RestClient":
         """A client configured from `[ingest]`; for `market="um"` the futures endpoint and host."""
         base = settings.base_url
-        if market == "um" and base == DEFAULT_BASE_URL:
+        if market == "um" and base.rstrip("/") in SPOT_BASE_URLS:
             base = FUTURES_BASE_URL
         kw = dict(
             pace_ms=settings.pace_ms,
@@ -239,12 +245,17 @@ class RestClient:
         """Closed candles with `start_ms <= open_time < end_ms`, one table per page, ascending.
 
         Pages by startTime: the next page starts at the last open_time served + interval. The
-        iteration ends at `end_ms`, at an empty or short page, or at the still-open candle.
+        iteration ends at `end_ms`, at an empty or short page, or at the still-open candle; it
+        only ends early (short of `end_ms`) when the server said it has nothing more. A full page
+        holding no row at or after startTime (a server or cache ignoring startTime) says nothing
+        about what follows: it is requested again with backoff, up to `max_retries` times, then
+        DownloadError, so a caller never takes such an iteration for a complete one.
         """
         validate_symbol(symbol)
         validate_interval(interval)
         step = INTERVAL_MS[interval]
         cursor = int(start_ms)
+        stale = 0  # full pages in a row that held no row at or after the cursor
         while cursor < end_ms:
             params = {"symbol": symbol, "interval": interval, "startTime": cursor, "endTime": int(end_ms) - 1,
                       "limit": self.page_limit}
@@ -255,16 +266,18 @@ class RestClient:
             ot = page.column("open_time").cast(pa.int64()).to_numpy()
             order = np.argsort(ot, kind="stable")
             ot = ot[order]
+            if served >= self.page_limit and not (ot >= cursor).any():
+                stale += 1
+                self._stale_page(params, served, stale)
+                continue
+            stale = 0
             keep = (ot >= cursor) & (ot < end_ms)
             keep[1:] &= ot[1:] != ot[:-1]  # a row repeated inside the page counts once
             now_ms = int(self._now() * 1000)
             closed = ot + step <= now_ms
             self.stats.overlap_dropped += int((~keep).sum())
             self.stats.open_dropped += int((keep & ~closed).sum())
-            if not keep.any():  # nothing at or after the cursor: the server has no more rows
-                if served >= self.page_limit:
-                    log.warning("%s %s: a full page from startTime=%d held no row at or after it; stopping",
-                                symbol, interval, cursor)
+            if not keep.any():  # a short page of older rows, or rows from end_ms on: nothing more up to end_ms
                 return
             rows = page.take(pa.array(order[keep & closed]))
             if rows.num_rows:
@@ -275,6 +288,18 @@ class RestClient:
             cursor = int(ot[keep][-1]) + step
             if served < self.page_limit:
                 return  # a short page: the server had nothing more up to endTime
+
+    def _stale_page(self, params: dict, served: int, stale: int) -> None:
+        """A full page with no row at or after startTime: back off and ask again, or DownloadError."""
+        url = requests.Request("GET", self.base_url + self.klines_path, params=params).prepare().url
+        reason = f"a full page of {served} rows held no row at or after startTime={params['startTime']}"
+        if stale > self.max_retries:
+            raise DownloadError(f"GET {url}: {reason}, {stale} times in a row; the server ignores startTime? "
+                                "stopping rather than leaving a gap")
+        delay = self._backoff(stale - 1)
+        self.stats.retries += 1
+        log.warning("GET %s: %s; retry %d/%d in %.2fs", url, reason, stale, self.max_retries, delay)
+        self._not_before = max(self._not_before, self.clock() + delay)
 
     def page(self, symbol: str, interval: str, params: dict) -> pa.Table:
         """One klines request with retries: the parsed page exactly as served (any order)."""

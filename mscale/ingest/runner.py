@@ -1,8 +1,9 @@
 """`mscale ingest`: plan UTC months per symbol, fetch what is missing, write through the store.
 
 Guarantees:
-- validation first: symbols, interval, source, `start <= end` and a writable data dir are checked
-  before any request;
+- validation first: symbols, interval, source, `start <= end`, a writable data dir and one holding
+  no synthetic demo shard (`mscale demo-data` marks its months complete, so real data would be
+  skipped, and the views would mix both) are checked before any request;
 - every row reaches disk through `mscale.store.write_klines`, in batches (a REST batch of
   `batch_rows`, one archive day, one archive month), so a kill loses at most the batch in flight
   and a re-run continues from what is stored: it fetches only the spans of the requested window
@@ -11,9 +12,13 @@ Guarantees:
   fetched: from REST to the end of the month, or as the archive's monthly file. Complete shards
   are skipped (no request at all) unless `force`;
 - rows are never lost or duplicated: the store merges by open_time, the REST client drops
-  overlapping and still-open rows;
-- an unknown symbol (Binance -1121) gets nothing written; the other symbols are still ingested,
-  then UnknownSymbolError naming the unknown ones is raised (its `.summary` holds the summary).
+  overlapping and still-open rows; the overlapping rows it drops are counted as duplicates, in
+  the summary and in the `mscale.duplicates_dropped` metadata of the month's shard (handed to the
+  store as `upstream_duplicates`; the data are unchanged);
+- an unknown symbol gets nothing written; the other symbols are still ingested, then
+  UnknownSymbolError naming the unknown ones is raised (its `.summary` holds the summary).
+  Unknown means: REST answers Binance error -1121 (sources rest, auto), or, with source bulk,
+  every archive file requested for it is missing (404) and nothing is stored for it.
 
 Sources: "rest" = REST only; "bulk" = the archive only (monthly files for past months, daily files
 for the current month's days before today, and for last month while its monthly file is not
@@ -39,7 +44,16 @@ from mscale.config import Config
 from mscale.errors import ChecksumError, MscaleError, UnknownSymbolError
 from mscale.ingest.rest import RestClient
 from mscale.schema import INTERVAL_MS, validate_interval, validate_symbol
-from mscale.store import WriteResult, is_complete, list_shards, minute_shard_path, read_shard, write_klines
+from mscale.store import (
+    META_SOURCE,
+    WriteResult,
+    is_complete,
+    list_shards,
+    minute_shard_path,
+    read_shard,
+    shard_metadata,
+    write_klines,
+)
 
 if TYPE_CHECKING:
     from mscale.ingest.bulk import ArchiveClient
@@ -62,6 +76,7 @@ class SymbolSummary:
     months_skipped: int = 0  # complete shards left alone
     months_completed: int = 0  # shards marked complete by this run
     missing: list[str] = field(default_factory=list)  # archive files that do not exist (bulk only)
+    archive_files: int = 0  # archive files asked for (found or missing)
     sources: set[str] = field(default_factory=set)
     error: str | None = None
 
@@ -140,6 +155,7 @@ def ingest(
         log.info("--end %s is in the future; fetching up to now", end_day)
         end_day = today
     _check_writable(cfg.market_dir)
+    _refuse_synthetic(cfg.market_dir, syms, interval)
     if source in ("rest", "auto") and rest is None:
         rest = RestClient.from_settings(cfg.ingest, market=cfg.market)
     if source in ("bulk", "auto") and archive is None:
@@ -154,7 +170,6 @@ def ingest(
     window = (_day_ms(start), _day_ms(end_day + timedelta(days=1)))
     for sym in syms:
         summ = summary.symbols[sym] = SymbolSummary()
-        dropped_before = rest.stats.overlap_dropped if rest else 0
         try:
             for year, month in _months(start, end_day):
                 run.month(sym, year, month, window, summ)
@@ -164,21 +179,25 @@ def ingest(
                 log.warning("%s; keeping the %s rows already stored (delisted?)", e, sym)
             else:
                 summ.error = str(e)
-                if sym != syms[-1]:
-                    log.warning("%s; continuing with the other symbols", e)
-        finally:
-            if rest:
-                summ.duplicates_dropped += rest.stats.overlap_dropped - dropped_before
-        if not summ.error and summ.missing and not summ.rows_fetched and not summ.months_skipped:
-            log.warning("%s: the archive has no %s files for %s..%s; is the symbol listed? (--source auto asks REST)",
-                        sym, interval, start, end_day)
+        if (source == "bulk" and summ.archive_files and len(summ.missing) == summ.archive_files
+                and not summ.rows_fetched and not summ.months_skipped
+                and not list_shards(cfg.market_dir, interval, sym)):
+            summ.error = f"unknown symbol {sym}: the archive has no {interval} files for it from {start} to {end_day}"
+        if summ.error and sym != syms[-1]:
+            log.warning("%s; continuing with the other symbols", summ.error)
     summary.rest_requests = (rest.stats.requests - requests_before) if rest else 0
     if summary.unknown:
+        many = len(summary.unknown) > 1
+        them = "them" if many else "it"
         others = [s for s in syms if s not in summary.unknown]
+        if source == "bulk":
+            where = getattr(archive, "archive_url", "") or "the archive"
+            why = (f"the archive ({where}) has no {interval} files for {them} from {start} to {end_day}: "
+                   f"misspelt, or not listed yet? (for a new listing use --source auto)")
+        else:
+            why = f"Binance does not list {them}"
         err = UnknownSymbolError(
-            f"unknown symbol{'s' if len(summary.unknown) > 1 else ''} {', '.join(summary.unknown)}: Binance does not "
-            f"list {'them' if len(summary.unknown) > 1 else 'it'}; nothing written for "
-            f"{'them' if len(summary.unknown) > 1 else 'it'}"
+            f"unknown symbol{'s' if many else ''} {', '.join(summary.unknown)}: {why}; nothing written for {them}"
             + (f" ({', '.join(others)} ingested)" if others else "")
         )
         err.summary = summary  # type: ignore[attr-defined]
@@ -229,7 +248,7 @@ class _Run:
         """Archive files for [a, b); True when the month needs nothing more (the monthly file)."""
         assert self.archive is not None
         if past:
-            table = self._archive_call(self.archive.monthly, sym, self.interval, year, month)
+            table = self._archive_call(self.archive.monthly, sym, self.interval, year, month, summ=summ)
             if table is not None:
                 bar.set_postfix_str("bulk monthly")
                 self._write(sym, _clip(table, a, b), "bulk", summ, bar, complete=(year, month) if whole else None)
@@ -241,7 +260,7 @@ class _Run:
         all_days = True
         bar.set_postfix_str("bulk daily")
         for day in self._days_to_fetch(sym, year, month, a, b):
-            table = self._archive_call(self.archive.daily, sym, self.interval, day)
+            table = self._archive_call(self.archive.daily, sym, self.interval, day, summ=summ)
             if table is None:
                 summ.missing.append(f"{day:%Y-%m-%d}")
                 all_days = False
@@ -251,7 +270,8 @@ class _Run:
             self._mark_complete(sym, year, month, summ)
         return False
 
-    def _archive_call(self, fn, *args) -> pa.Table | None:
+    def _archive_call(self, fn, *args, summ: SymbolSummary) -> pa.Table | None:
+        summ.archive_files += 1
         try:
             return fn(*args)
         except ChecksumError as e:
@@ -273,26 +293,41 @@ class _Run:
 
     def _rest(self, sym: str, year: int, month: int, a: int, b: int, whole: bool, summ: SymbolSummary,
               bar: tqdm) -> None:
-        """REST for every span of [a, b) the shard lacks; writes every `batch_rows` rows."""
-        assert self.rest is not None
+        """REST for every span of [a, b) the shard lacks; writes every `batch_rows` rows.
+
+        The rows the client drops as overlap go with the next write as `dups` (see `_write`). A
+        failing request keeps the rows already received (written, the month not marked complete).
+        """
+        rest = self.rest
+        assert rest is not None
         spans = self._spans(sym, year, month, a, b)
-        now_ms = int(self.rest.clock() * 1000)
+        now_ms = int(rest.clock() * 1000)
         bar.total = sum(max(0, (min(e, now_ms) - s) // self.step) for s, e in spans) or None
         bar.set_postfix_str("rest")
         buf: list[pa.Table] = []
-        n = 0
-        for s, e in spans:
-            for page in self.rest.klines(sym, self.interval, s, e):
-                buf.append(page)
-                n += page.num_rows
-                if n >= self.batch_rows:
-                    self._write(sym, pa.concat_tables(buf), "rest", summ, bar)
-                    buf, n = [], 0
+        n = dups = 0
+        seen = rest.stats.overlap_dropped
+        try:
+            for s, e in spans:
+                for page in rest.klines(sym, self.interval, s, e):
+                    buf.append(page)
+                    n += page.num_rows
+                    dups, seen = dups + rest.stats.overlap_dropped - seen, rest.stats.overlap_dropped
+                    if n >= self.batch_rows:
+                        self._write(sym, pa.concat_tables(buf), "rest", summ, bar, dups=dups)
+                        buf, n, dups = [], 0, 0
+        except MscaleError:
+            if buf:
+                self._write(sym, pa.concat_tables(buf), "rest", summ, bar, dups=dups)
+            raise
+        dups += rest.stats.overlap_dropped - seen  # dropped from pages that yielded nothing
         complete = (year, month) if whole else None
         if buf:
-            self._write(sym, pa.concat_tables(buf), "rest", summ, bar, complete=complete)
+            self._write(sym, pa.concat_tables(buf), "rest", summ, bar, complete=complete, dups=dups)
         elif complete:
-            self._mark_complete(sym, year, month, summ)
+            self._mark_complete(sym, year, month, summ, dups=dups)
+        else:
+            summ.duplicates_dropped += dups  # no write to carry them: the summary only
 
     # ---- store -------------------------------------------------------------------------------
     def _shard(self, sym: str, year: int, month: int) -> Path | None:
@@ -313,32 +348,39 @@ class _Run:
         return missing_spans(ot, a, b, self.step)
 
     def _write(self, sym: str, table: pa.Table, source: str, summ: SymbolSummary, bar: tqdm,
-               complete: tuple[int, int] | None = None) -> None:
+               complete: tuple[int, int] | None = None, dups: int = 0) -> None:
+        """Write `table` through the store; `dups` rows dropped upstream (REST overlap) are counted
+        in the shard's metadata."""
         if table.num_rows == 0:
             if complete:
-                self._mark_complete(sym, *complete, summ)
+                self._mark_complete(sym, *complete, summ, dups=dups)
+            else:
+                summ.duplicates_dropped += dups
             return
         res: WriteResult = write_klines(self.market_dir, self.interval, table, source=source,
-                                        complete_months=[complete] if complete else [])
+                                        complete_months=[complete] if complete else [], upstream_duplicates=dups)
         summ.rows_fetched += res.rows_in
         summ.rows_replaced += res.rows_replaced
         summ.duplicates_dropped += res.duplicates_dropped
-        summ.rows_written += res.rows_in - res.duplicates_dropped - res.rows_replaced
+        summ.rows_written += res.rows_in - (res.duplicates_dropped - dups) - res.rows_replaced
         summ.sources.add(source)
         if complete and res.shards:
             summ.months_completed += 1
         bar.update(table.num_rows)
 
-    def _mark_complete(self, sym: str, year: int, month: int, summ: SymbolSummary) -> None:
+    def _mark_complete(self, sym: str, year: int, month: int, summ: SymbolSummary, dups: int = 0) -> None:
         """Mark a fully fetched month complete; the store only writes metadata with rows, so the
-        last stored row is written again (identical, it replaces itself)."""
+        last stored row is written again (identical, it replaces itself), carrying `dups`."""
         path = self._shard(sym, year, month)
-        if path is None:
+        stored = read_shard(path) if path is not None else None
+        if stored is None or not stored.num_rows:
+            summ.duplicates_dropped += dups
             return  # no rows at all that month (e.g. before the listing): nothing to mark
-        stored = read_shard(path)
-        if stored.num_rows:
-            res = write_klines(self.market_dir, self.interval, stored.slice(stored.num_rows - 1), complete_months=[(year, month)])
-            summ.months_completed += bool(res.shards)
+        last = stored.slice(stored.num_rows - 1)
+        res = write_klines(self.market_dir, self.interval, last, complete_months=[(year, month)],
+                           upstream_duplicates=dups)
+        summ.duplicates_dropped += res.duplicates_dropped
+        summ.months_completed += bool(res.shards)
 
 
 def missing_spans(open_time_ms: np.ndarray, a: int, b: int, step: int) -> list[tuple[int, int]]:
@@ -359,6 +401,22 @@ def missing_spans(open_time_ms: np.ndarray, a: int, b: int, step: int) -> list[t
     if len(spans) > _MAX_SPANS:
         spans = [(spans[0][0], b)]
     return spans
+
+
+def _refuse_synthetic(market_dir: Path, symbols: list[str], interval: str) -> None:
+    """MscaleError naming a synthetic demo shard in `market_dir`, if there is one (first one of the
+    requested symbols and interval)."""
+    from mscale.demo import SOURCE as SYNTHETIC
+
+    found = [s for itv in ("1m", "1h") for s in list_shards(market_dir, itv)]
+    found.sort(key=lambda s: (s.symbol not in symbols, s.interval != interval))
+    for shard in found:
+        sources = shard_metadata(shard.path).get(META_SOURCE, b"").decode().split(",")
+        if SYNTHETIC in sources:
+            raise MscaleError(
+                f"{shard.path} holds synthetic demo data (`mscale demo-data`), not Binance's: ingest real data "
+                "into another --data-dir"
+            )
 
 
 def _clip(table: pa.Table, a: int, b: int) -> pa.Table:

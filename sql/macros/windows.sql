@@ -2,8 +2,8 @@
     {% import 'macros/windows.sql' as w %}
     Time windows are RANGE frames over `hour_no` = whole hours since the epoch of ts (integer
     ranges are exact, fast and independent of the session TimeZone), so a missing bar never
-    stretches a window; only the indicators defined over bars (Wilder, EMA, Bollinger, z over
-    the previous N rows) use ROWS. Every relation using these macros carries `hour_no`. -#}
+    stretches a window; only the indicators defined over bars (Bollinger, z over the previous N
+    rows; EMA and Wilder in macros/recursive.sql) use ROWS. Every relation using these macros carries `hour_no`. -#}
 
 {#- the frame of the last `hours` hours up to and including the current row -#}
 {% macro last_hours(hours) -%}
@@ -30,16 +30,6 @@ end
 {#- rolling z-score of `col` against the previous `n` rows, current row excluded; needs n/2 values -#}
 {% macro rolling_z(col, n) -%}
 {{ z_over(col, 'rows between ' ~ n ~ ' preceding and 1 preceding', (n + 1) // 2) }}
-{%- endmacro %}
-
-{#- the last `k` values of `col` (oldest first) as a list, without the `leading_nulls` rows at the
-    start of the symbol's history where `col` is not yet defined; needs a `bar_no` column -#}
-{% macro recent_bars(col, k, leading_nulls) -%}
-list_slice(
-    list({{ col }}) over (partition by symbol order by hour_no rows between {{ k - 1 }} preceding and current row),
-    1 + greatest(0, {{ leading_nulls }} - greatest(bar_no - {{ k }}, 0)),
-    {{ k }}
-)
 {%- endmacro %}
 
 {#- FILTER predicate: minute bars in the window of w minutes at ts, i.e. close_time in (ts - w, ts],

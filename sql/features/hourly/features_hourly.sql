@@ -2,8 +2,9 @@
 -- reads: klines_1h
 -- purpose: hourly-bar features at decision time ts = close of the bar; every value uses bars with close_time <= ts
 {% import 'macros/windows.sql' as w %}
+{% import 'macros/recursive.sql' as rec %}
 {%- set return_hours = [1, 3, 6, 12, 24] %}
-{%- set recursion_bars = 300 %}
+{%- set wilder = '13.0 / 14' %}
 
 with bars as (
     select
@@ -60,30 +61,35 @@ trend_and_range as (
         *,
         ln(close / {{ w.rolling('avg', 'close', w.last_hours(24)) }}) as px_sma_24h,
         ln(close / {{ w.rolling('avg', 'close', w.last_hours(168)) }}) as px_sma_168h,
-        ln(close / ema({{ w.recent_bars('close', recursion_bars, 0) }}, 12, {{ recursion_bars }})) as px_ema_12,
-        ln(close / ema({{ w.recent_bars('close', recursion_bars, 0) }}, 26, {{ recursion_bars }})) as px_ema_26,
         sqrt({{ w.rolling('sum', 'ret_1h * ret_1h', w.last_hours(24)) }}) as rv_24h,
         ln({{ w.rolling('max', 'high', w.last_hours(24)) }} / close) as dist_high_24h,
         ln(close / {{ w.rolling('min', 'low', w.last_hours(24)) }}) as dist_low_24h,
         ret_1h - {{ w.hours_ago('ret_1h', 1) }} as ret_accel,
-        wilder_smooth({{ w.recent_bars('gain', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as avg_gain_14,
-        wilder_smooth({{ w.recent_bars('loss', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as avg_loss_14,
-        wilder_smooth({{ w.recent_bars('true_range', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as atr_14,
-        wilder_smooth({{ w.recent_bars('dm_plus', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as dm_plus_14,
-        wilder_smooth({{ w.recent_bars('dm_minus', recursion_bars, 1) }}, 14, {{ recursion_bars }}) as dm_minus_14,
         {{ w.rolling('avg', 'close', 'rows between 19 preceding and current row') }} as bb_middle_20,
         {{ w.rolling('stddev_pop', 'close', 'rows between 19 preceding and current row') }} as bb_sd_20,
     from returns
 ),
 
+{{ rec.smoothing('smoothed', 'trend_and_range', [
+    {'name': 'ema_12', 'col': 'close', 'w': '11.0 / 13', 'n': 1},
+    {'name': 'ema_26', 'col': 'close', 'w': '25.0 / 27', 'n': 1},
+    {'name': 'avg_gain_14', 'col': 'gain', 'w': wilder, 'n': 14},
+    {'name': 'avg_loss_14', 'col': 'loss', 'w': wilder, 'n': 14},
+    {'name': 'atr_14', 'col': 'true_range', 'w': wilder, 'n': 14},
+    {'name': 'dm_plus_14', 'col': 'dm_plus', 'w': wilder, 'n': 14},
+    {'name': 'dm_minus_14', 'col': 'dm_minus', 'w': wilder, 'n': 14},
+]) }},
+
 oscillators as (
     select
         *,
+        ln(close / ema_12) as px_ema_12,
+        ln(close / ema_26) as px_ema_26,
         100 * avg_gain_14 / nullif(avg_gain_14 + avg_loss_14, 0) as rsi_14,
         100 * dm_plus_14 / nullif(atr_14, 0) as di_plus_14,
         100 * dm_minus_14 / nullif(atr_14, 0) as di_minus_14,
         case when bar_no >= 20 then 4 * bb_sd_20 / bb_middle_20 end as bb_width_20,
-    from trend_and_range
+    from smoothed
 ),
 
 directional_index as (
@@ -95,6 +101,10 @@ directional_index as (
         end as dx_14,
     from oscillators
 ),
+
+{{ rec.smoothing('trend_strength', 'directional_index', [
+    {'name': 'adx_14', 'col': 'dx_14', 'w': wilder, 'n': 14},
+]) }},
 
 final as (
     select
@@ -114,14 +124,14 @@ final as (
         dist_high_24h,
         dist_low_24h,
         rsi_14,
-        wilder_smooth({{ w.recent_bars('dx_14', recursion_bars, 14) }}, 14, {{ recursion_bars }}) as adx_14,
+        adx_14,
         di_plus_14,
         di_minus_14,
         true_range,
         {{ w.rolling_z('true_range', z_window) }} as true_range_z,
         bb_width_20,
         {{ w.rolling_z('bb_width_20', z_window) }} as bb_width_z,
-    from directional_index
+    from trend_strength
 )
 
 select * from final
