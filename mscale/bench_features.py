@@ -515,7 +515,7 @@ def explain_features(cfg, symbol: str, year: int, *, threads: int = 1, output: P
     params = _block_params(cfg, symbol, b._month_index(year, 1), b._month_index(year, 12))
     con = b.connect()
     con.execute(f"set threads = {int(threads)}")
-    con.execute(f"set memory_limit = {r._sql_string(cfg.features.memory_limit)}")
+    con.execute(f"set memory_limit = {r.sql_string(cfg.features.memory_limit)}")
     try:
         b.create_views(con, cfg.sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
         plan = "\n".join(str(row[1]) for row in con.execute("explain analyze select * from features order by symbol, ts").fetchall())
@@ -565,13 +565,13 @@ def operator_costs(cfg, symbol: str, year: int, *, threads: int = 1, top: int = 
     params = _block_params(cfg, symbol, b._month_index(year, 1), b._month_index(year, 12))
     con = b.connect()
     con.execute(f"set threads = {int(threads)}")
-    con.execute(f"set memory_limit = {r._sql_string(cfg.features.memory_limit)}")
+    con.execute(f"set memory_limit = {r.sql_string(cfg.features.memory_limit)}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.json"
         try:
             b.create_views(con, cfg.sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
             con.execute("pragma enable_profiling = 'json'")
-            con.execute(f"pragma profiling_output = {r._sql_string(str(out))}")
+            con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
             t0 = time.perf_counter()
             con.execute("select * from features order by symbol, ts").fetch_arrow_table()
             seconds = time.perf_counter() - t0

@@ -471,3 +471,22 @@ def test_longer_window_features_match_a_pandas_recomputation(demo_market):
     closes = con.execute("select close_time as ts, close from klines_1h where symbol = 'BTCUSDT' order by ts").df().set_index("ts")["close"]
     want = np.log(closes.reindex(closes.index + pd.Timedelta(hours=1)).to_numpy() / closes.to_numpy())
     np.testing.assert_allclose(labels["fwd_ret_1h"].to_numpy(dtype=float), want, rtol=1e-12, equal_nan=True)
+
+
+def test_klines_views_never_show_a_bar_twice(tmp_path):
+    """A minute row misplaced in another month's file is dropped (each file only speaks for its month);
+    overlapping hourly shards (a rename in progress) keep the bar of the later file name."""
+    cfg = make_config(tmp_path)
+    feb1 = 1_706_745_600_000
+    minutes = random_minutes("DUPUSDT", feb1 - 120 * MIN, 240, seed=6)  # Jan 31 22:00 .. Feb 1 02:00
+    write_market(cfg, minutes)
+    jan, feb = list_shards(cfg.market_dir, "1m")
+    stray = pq.read_table(feb.path).slice(0, 5)  # February bars copied into the January file
+    pq.write_table(pa.concat_tables([pq.read_table(jan.path), stray]), jan.path)
+    hourly = list_shards(cfg.market_dir, "1h")[-1].path
+    shutil.copy(hourly, hourly.with_name(hourly.name.replace("_20240201.parquet", "_20240131.parquet")))
+    con = connect()
+    create_views(con, cfg.sql_dir, r.params_from_config(cfg))
+    assert con.execute("select count(*), count(distinct open_time) from klines_1m").fetchone() == (240, 240)
+    n_hours = con.execute("select count(*), count(distinct open_time) from klines_1h").fetchone()
+    assert n_hours[0] == n_hours[1] == 4

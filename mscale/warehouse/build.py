@@ -48,7 +48,7 @@ def connect(database: str | Path = ":memory:", *, cfg: Config | None = None, rea
         raise MscaleError(f"cannot open warehouse {database} ({str(e).splitlines()[0]}); close other duckdb sessions on it and retry") from None
     if cfg is not None:
         con.execute(f"set threads = {int(cfg.features.threads)}")
-        con.execute(f"set memory_limit = {r._sql_string(cfg.features.memory_limit)}")
+        con.execute(f"set memory_limit = {r.sql_string(cfg.features.memory_limit)}")
     return con
 
 
@@ -128,7 +128,7 @@ def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str
     con = connect()
     con.execute("set threads = 1")
     if memory_limit:
-        con.execute(f"set memory_limit = {r._sql_string(memory_limit)}")
+        con.execute(f"set memory_limit = {r.sql_string(memory_limit)}")
     try:
         create_views(con, sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
         return con.execute("select * from features order by symbol, ts").to_arrow_table()

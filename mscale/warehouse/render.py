@@ -57,19 +57,19 @@ def discover(sql_dir: Path) -> list[Model]:
     return models
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
 def sql_paths(paths: Any) -> str:
     """A glob string or a list of absolute file paths, as a DuckDB literal."""
     if isinstance(paths, (str, Path)):
-        return _sql_string(str(paths))
-    return "[" + ", ".join(_sql_string(str(p)) for p in paths) + "]"
+        return sql_string(str(paths))
+    return "[" + ", ".join(sql_string(str(p)) for p in paths) + "]"
 
 
 def sql_values(symbols: Any) -> str:
-    return ", ".join(_sql_string(validate_symbol(s)) for s in symbols)
+    return ", ".join(sql_string(validate_symbol(s)) for s in symbols)
 
 
 def sql_ts(value: datetime) -> str:

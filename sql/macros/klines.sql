@@ -40,7 +40,7 @@ where false
 {%- endmacro %}
 
 {#- typed, deduplicated, sorted klines of `source`, restricted to the symbols and open_time bounds -#}
-{% macro stage(source, symbols, open_from, open_to) -%}
+{% macro stage(source, symbols, open_from, open_to, monthly_files=false) -%}
 with source as (
     select * from {{ source }}
 ),
@@ -60,6 +60,9 @@ typed as (
         taker_buy_base::double as taker_buy_base,
         taker_buy_quote::double as taker_buy_quote,
         filename,
+        {%- if monthly_files %}
+        regexp_extract(filename, '_(\d{6})\.parquet$', 1)::integer as file_month,
+        {%- endif %}
     from source
     where true
     {%- if symbols %}
@@ -73,14 +76,29 @@ typed as (
     {%- endif %}
 ),
 
+{%- if monthly_files %}
+
 deduplicated as (
-    -- shards never overlap; if copies do, the bar from the later file name wins
+    -- one file per symbol and month, unique open_time inside (the writer's guarantee): a bar can
+    -- only repeat if a file holds rows outside the month it is named for, so those are dropped
+    select * from typed
+    where open_time >= strptime(file_month || '01 +0000', '%Y%m%d %z')
+        and open_time < strptime(
+            (case when file_month % 100 = 12 then file_month + 89 else file_month + 1 end)::varchar || '01 +0000',
+            '%Y%m%d %z'
+        )
+),
+{%- else %}
+
+deduplicated as (
+    -- a shard being renamed as it grows may briefly sit beside its successor: the later name wins
     select * from typed
     qualify row_number() over (partition by symbol, open_time order by filename desc) = 1
 ),
+{%- endif %}
 
 final as (
-    select * exclude (filename) from deduplicated
+    select * exclude (filename{% if monthly_files %}, file_month{% endif %}) from deduplicated
     order by symbol, open_time
 )
 
