@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 import zipfile
 
 import numpy as np
@@ -145,17 +144,14 @@ def test_verify_checksum():
         verify_checksum(data, "<html>oops</html>", "BTCUSDT-1m-2023-08.zip")
 
 
-def test_one_month_parses_and_writes_fast():
-    """One month of 1m (44,640 rows): CSV -> Arrow -> Parquet well under 0.5 s of CPU."""
+def test_one_month_parses_and_round_trips_through_parquet():
+    """One month of 1m (44,640 rows) survives CSV -> Arrow -> Parquet unchanged (speed: `make bench`)."""
     csv = kline_csv(T0, 44_640, header=True)
-    best = float("inf")
-    for _ in range(3):
-        c0 = time.process_time()
-        t = parse_kline_csv(csv, "BTCUSDT", "1m")
-        pq.write_table(t, io.BytesIO(), compression="snappy")
-        best = min(best, time.process_time() - c0)
+    t = parse_kline_csv(csv, "BTCUSDT", "1m")
+    buf = io.BytesIO()
+    pq.write_table(t, buf, compression="snappy")
     assert t.num_rows == 44_640
-    assert best < 0.5, f"{best:.3f} s CPU"
+    assert pq.read_table(io.BytesIO(buf.getvalue())).equals(t)
 
 
 # -- properties, against the fake archive's independent row-wise conversion -----------------
