@@ -528,29 +528,14 @@ def explain_features(cfg, symbol: str, year: int, *, threads: int = 1, output: P
 
 def _block_params(cfg, symbol: str, first: int, last: int):
     """RenderParams for months [first, last] (month indexes) of one symbol, as materialise renders a block."""
-    from dataclasses import replace
-
-    from mscale.store import list_shards, month_bounds
+    from mscale.store import list_shards
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
 
     span = range(first - b.WARMUP_MONTHS, last + 1)
     minutes = [s.path for s in list_shards(cfg.market_dir, "1m", symbol) if b._month_index(s.year, s.month) in span]
     hours = [s.path for s in list_shards(cfg.market_dir, "1h", symbol) if b._month_index(s.year, s.month) in span]
-    window_start = month_bounds(*b._month_of(first - b.WARMUP_MONTHS))[0]
-    out_to = month_bounds(*b._month_of(last))[1]
-    return replace(
-        r.params_from_config(cfg),
-        minute_files=minutes,
-        hourly_files=hours,
-        symbols=(symbol,),
-        minute_from=window_start,
-        minute_to=out_to,
-        hourly_from=window_start,
-        hourly_to=out_to,
-        out_from=month_bounds(*b._month_of(first))[0],
-        out_to=out_to,
-    )
+    return b.block_params(r.params_from_config(cfg), symbol, first, last, minutes, hours)
 
 
 def operator_costs(cfg, symbol: str, year: int, *, threads: int = 1, top: int = 20) -> tuple[float, list[dict]]:

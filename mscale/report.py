@@ -22,8 +22,6 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 
 from mscale.config import Config
-from mscale.errors import MscaleError
 from mscale.schema import INTERVAL_MS, KLINE_SCHEMA, validate_symbol
 from mscale.store import (
     META_DUPLICATES,
@@ -42,6 +39,7 @@ from mscale.store import (
     read_klines,
     shard_metadata,
     symbols_with_data,
+    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -408,24 +406,6 @@ def flat_row(rep: dict) -> dict[str, Any]:
     return row
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise MscaleError(f"reports dir {path.parent} is not writable ({e.strerror}); choose another --data-dir") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(cfg: Config, reports: list[dict]) -> tuple[Path, Path]:
     """Write `ingestion_report.json` (everything) and `.csv` (one flat row per symbol) atomically.
 
@@ -439,14 +419,14 @@ def write_report(cfg: Config, reports: list[dict]) -> tuple[Path, Path]:
         "market": cfg.market,
         "symbols": reports,
     }
-    _write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
     rows = [flat_row(r) for r in reports]
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    _write_text_atomic(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
     log.info("wrote %s and %s (%d symbols)", json_path, csv_path, len(reports))
     return json_path, csv_path
 

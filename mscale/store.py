@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -153,8 +154,8 @@ class WriteResult:
         self.shards.update(other.shards)
 
 
-def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
-    """Write `table` to `path` so that `path` is either the old file or the complete new one."""
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Run `write` on a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,10 +163,8 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | Non
     except OSError as e:
         raise MscaleError(f"data dir {path.parent} is not writable ({e.strerror}); choose another with --data-dir") from None
     try:
-        if metadata:
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression="snappy")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -178,6 +177,18 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | Non
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Write `table` to `path` so that `path` is either the old file or the complete new one."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    _replace_atomically(path, lambda f: pq.write_table(table, f, compression="snappy"))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 `text` to `path`: the old file or the complete new one, never half of it."""
+    _replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _month_key(table: pa.Table) -> np.ndarray:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from mscale.config import Config
 from mscale.errors import CheckFailedError, MscaleError
-from mscale.store import list_shards, month_bounds, write_atomic
+from mscale.store import list_shards, month_bounds, write_atomic, write_text_atomic
 from mscale.warehouse import render as r
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,27 @@ class BuildResult:
         )
 
 
+def block_params(
+    base: r.RenderParams, symbol: str, first: int, last: int, minute_files: list[Path], hourly_files: list[Path]
+) -> r.RenderParams:
+    """Parameters of one block: months first..last (month indexes) of `symbol`, read from the
+    WARMUP_MONTHS before them on, publishing decision times of bars opened in those months."""
+    window_start = month_bounds(*_month_of(first - WARMUP_MONTHS))[0]
+    out_to = month_bounds(*_month_of(last))[1]
+    return replace(
+        base,
+        minute_files=minute_files,
+        hourly_files=hourly_files,
+        symbols=(symbol,),
+        minute_from=window_start,
+        minute_to=out_to,
+        hourly_from=window_start,
+        hourly_to=out_to,
+        out_from=month_bounds(*_month_of(first))[0],
+        out_to=out_to,
+    )
+
+
 def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     """Bring the derived feature cache up to date with the shards; returns what was done.
 
@@ -261,20 +282,7 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
             if manifest.get(key) == wanted and all(cache_path(cfg, symbol, m).exists() for m in out_months):
                 result.months_skipped += len(out_months)
                 continue
-            window_start = month_bounds(*_month_of(first - WARMUP_MONTHS))[0]
-            out_to = month_bounds(*_month_of(last))[1]
-            params = replace(
-                base,
-                minute_files=minute_files,
-                hourly_files=hourly_files,
-                symbols=(symbol,),
-                minute_from=window_start,
-                minute_to=out_to,
-                hourly_from=window_start,
-                hourly_to=out_to,
-                out_from=month_bounds(*_month_of(first))[0],
-                out_to=out_to,
-            )
+            params = block_params(base, symbol, first, last, minute_files, hourly_files)
             jobs.append((symbol, key, wanted, out_months, params))
 
     def run(job):
@@ -311,14 +319,7 @@ def _months_of_ts(table: pa.Table) -> pa.Array:
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 # --- the whole build ----------------------------------------------------------------------------
