@@ -507,7 +507,7 @@ def run(
 
 def explain_features(cfg, symbol: str, year: int, *, threads: int = 1, output: Path | None = None) -> str:
     """EXPLAIN ANALYZE of the query `compute_features` runs, for one symbol and one calendar year
-    (12 months plus the WARMUP_MONTHS before it, rendered as `materialise` renders a block), on a
+    (12 months plus the WARMUP before it, rendered as `materialise` renders a block), on a
     connection set up like compute_features' (single-threaded by default). Returns the plan text."""
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
@@ -532,7 +532,8 @@ def _block_params(cfg, symbol: str, first: int, last: int):
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
 
-    span = range(first - b.WARMUP_MONTHS, last + 1)
+    start = b.warmup_start(first)
+    span = range(b._month_index(start.year, start.month), last + 1)
     minutes = [s.path for s in list_shards(cfg.market_dir, "1m", symbol) if b._month_index(s.year, s.month) in span]
     hours = [s.path for s in list_shards(cfg.market_dir, "1h", symbol) if b._month_index(s.year, s.month) in span]
     return b.block_params(r.params_from_config(cfg), symbol, first, last, minutes, hours)

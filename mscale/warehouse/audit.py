@@ -24,7 +24,7 @@ from mscale.config import Config
 from mscale.errors import MscaleError
 from mscale.store import list_shards, read_shard, write_klines
 from mscale.warehouse import render as r
-from mscale.warehouse.build import WARMUP_MONTHS, connect, create_views
+from mscale.warehouse.build import connect, create_views, warmup_start
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,8 @@ def audit(
         months = sorted({(s.year, s.month) for s in shards_1h})
         year, month = months[rng.randrange(len(months))]
         index = year * 12 + month - 1
-        span = {(i // 12, i % 12 + 1) for i in range(index - WARMUP_MONTHS, index + 2)}
+        start = warmup_start(index)
+        span = {(i // 12, i % 12 + 1) for i in range(start.year * 12 + start.month - 1, index + 2)}
         bars = pa.concat_tables([read_shard(s.path) for s in shards_1h if (s.year, s.month) == (year, month)])
         close_ms = bars.column("close_time").cast(pa.int64()).to_numpy()
         cut_ms = int(close_ms[rng.randrange(len(close_ms))])

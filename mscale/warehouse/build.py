@@ -3,7 +3,7 @@
 Layers are created in folder order (see render.LAYERS). The `features` mart is materialised under
 `derived/features/symbol=S/YYYYMM.parquet`, one file per symbol and month of its hourly bars, and
 the published `features` view reads that cache. The unit of work is a fixed block of BLOCK_MONTHS
-calendar months per symbol, computed from its months plus the WARMUP_MONTHS before them (longer
+calendar months per symbol, computed from its months plus the WARMUP before them (longer
 than any feature looks back), single-threaded. A block is recomputed only when one of those input
 shards or the SQL and its parameters changed; since a block always sees the same inputs in the
 same order, a refresh is bit-identical to a rebuild from scratch.
@@ -17,7 +17,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -31,7 +31,9 @@ from mscale.warehouse import render as r
 
 log = logging.getLogger(__name__)
 
-WARMUP_MONTHS = 2  # >= 59 days (~1,400 hourly bars): longer than the deepest lookback, ADX + z-score = 768 bars
+# Longer than the deepest bounded lookback (the 30-day range percentile: 720 h + 1 h) and long
+# enough that a recursion's seed weighs (13/14)^768 < 1e-24 by the block's first bar.
+WARMUP = timedelta(days=32)
 BLOCK_MONTHS = 3  # calendar quarters: the unit of computation and of recomputation
 
 
@@ -212,12 +214,17 @@ class BuildResult:
         )
 
 
+def warmup_start(first: int) -> datetime:
+    """Where a block starting at month index `first` begins reading."""
+    return month_bounds(*_month_of(first))[0] - WARMUP
+
+
 def block_params(
     base: r.RenderParams, symbol: str, first: int, last: int, minute_files: list[Path], hourly_files: list[Path]
 ) -> r.RenderParams:
-    """Parameters of one block: months first..last (month indexes) of `symbol`, read from the
-    WARMUP_MONTHS before them on, publishing decision times of bars opened in those months."""
-    window_start = month_bounds(*_month_of(first - WARMUP_MONTHS))[0]
+    """Parameters of one block: months first..last (month indexes) of `symbol`, read from WARMUP
+    before them on, publishing decision times of bars opened in those months."""
+    window_start = warmup_start(first)
     out_to = month_bounds(*_month_of(last))[1]
     return replace(
         base,
@@ -237,7 +244,7 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     """Bring the derived feature cache up to date with the shards; returns what was done.
 
     Work is split into fixed blocks of BLOCK_MONTHS calendar months per symbol. A block is always
-    computed from the same inputs (its months plus the WARMUP_MONTHS before them), single-threaded,
+    computed from the same inputs (its months plus the WARMUP before them), single-threaded,
     so its output bits do not depend on when or how often it was computed; blocks run in parallel.
     """
     started = time.perf_counter()
@@ -271,7 +278,8 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
         minutes = minute_shards.get(symbol, {})
         for block in sorted({m // BLOCK_MONTHS for m in hours if in_range(m)}):
             first, last = block * BLOCK_MONTHS, block * BLOCK_MONTHS + BLOCK_MONTHS - 1
-            span = range(first - WARMUP_MONTHS, last + 1)
+            start = warmup_start(first)
+            span = range(_month_index(start.year, start.month), last + 1)
             minute_files = [p for k in span for p in minutes.get(k, [])]
             hourly_files = [p for k in span for p in hours.get(k, [])]
             wanted = {"sql": sql_hash, "inputs": _fingerprint(minute_files + hourly_files)}
