@@ -124,16 +124,26 @@ def _with_extras(params: r.RenderParams, models: list[r.Model]) -> r.RenderParam
 def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None) -> pa.Table:
     """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts).
 
-    Runs single-threaded: DuckDB's parallel aggregation may add partial sums in any order, and
-    reproducible bits matter more here than one query's speed (callers parallelise across blocks).
+    The layers are rendered as the CTEs of one statement, bound once (creating a view per layer
+    would re-read the Parquet metadata for every view). Runs single-threaded: DuckDB's parallel
+    aggregation may add partial sums in any order, and reproducible bits matter more here than one
+    query's speed (callers parallelise across blocks).
     """
+    env = r.environment(sql_dir)
+    models = r.discover(sql_dir)
+    params = _with_extras(params, models)
+    layers = ("sources", "staging") + r.FEATURE_LAYERS
+    ctes = [f"{m.name} as (\n{r.render(env, m, params)}\n)" for m in models if m.layer in layers]
+    query = "with\n" + ",\n".join(ctes) + "\nselect * from features order by symbol, ts"
     con = connect()
     con.execute("set threads = 1")
     if memory_limit:
         con.execute(f"set memory_limit = {r.sql_string(memory_limit)}")
     try:
-        create_views(con, sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
-        return con.execute("select * from features order by symbol, ts").to_arrow_table()
+        install_macros(con, sql_dir)
+        return con.execute(query).to_arrow_table()
+    except duckdb.Error as e:
+        raise MscaleError(f"feature query failed: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
 
