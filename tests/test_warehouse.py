@@ -194,7 +194,7 @@ def test_views_do_not_depend_on_the_session_time_zone(demo_market, view):
 # --- refresh and the whole build -------------------------------------------------------------------
 
 def _cache(cfg) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted((cfg.derived_dir / "features").rglob("*.parquet"))])
+    return pa.concat_tables([pq.read_table(p) for p in sorted((cfg.derived_dir / "features").glob("symbol=*/*.parquet"))])
 
 
 def test_incremental_refresh_equals_full_rebuild(tmp_path):
@@ -279,7 +279,7 @@ def built(demo_market, tmp_path):
 
 
 def _tamper(cfg, fn) -> None:
-    path = sorted((cfg.derived_dir / "features").rglob("*.parquet"))[1]
+    path = sorted((cfg.derived_dir / "features").glob("symbol=*/*.parquet"))[1]
     pq.write_table(fn(pq.read_table(path)), path)
 
 
