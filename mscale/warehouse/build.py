@@ -165,11 +165,10 @@ def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderPa
     for model in r.discover(sql_dir):
         if model.layer != "checks":
             continue
-        sql = r.render(env, model, params)
-        rel = con.sql(f"select * from ({sql})")
-        n = con.execute(f"select count(*) from ({sql})").fetchone()[0]
-        sample = [] if n == 0 else [dict(zip(rel.columns, row)) for row in rel.limit(10).fetchall()]
-        results.append(CheckResult(model.name, n, sample))
+        cursor = con.execute(r.render(env, model, params))  # offending rows: few, or none
+        columns = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+        results.append(CheckResult(model.name, len(rows), [dict(zip(columns, row)) for row in rows[:10]]))
     return results
 
 
