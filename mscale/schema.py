@@ -32,8 +32,6 @@ KLINE_SCHEMA = pa.schema(
         pa.field("taker_buy_quote", pa.float64()),
     ]
 )
-KLINE_COLUMNS = KLINE_SCHEMA.names
-PRICE_COLUMNS = ["open", "high", "low", "close"]
 
 
 def validate_symbol(symbol: str) -> str:

@@ -112,6 +112,24 @@ def is_complete(path: Path) -> bool:
     return path.is_file() and shard_metadata(path).get(META_COMPLETE) == b"1"
 
 
+def shard_paths(market_dir: Path, interval: str, symbol: str, year: int, month: int) -> list[Path]:
+    """Existing shard files of one symbol-month: a minute month has one file; an hourly month has
+    one, or two for a moment while it is renamed as it grows."""
+    if interval == "1m":
+        path = minute_shard_path(market_dir, symbol, year, month)
+        return [path] if path.exists() else []
+    return [s.path for s in list_shards(market_dir, interval, symbol) if (s.year, s.month) == (year, month)]
+
+
+def read_open_times(path: Path) -> np.ndarray:
+    """open_time (int64 ms) of one shard, reading only that column."""
+    try:
+        return pq.read_table(path, columns=["open_time"]).column("open_time").cast(pa.int64()).to_numpy()
+    except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+        read_shard(path)  # raises the CorruptShardError naming the file
+        raise
+
+
 def read_klines(market_dir: Path, interval: str, symbol: str) -> pa.Table:
     """All rows of one symbol and interval, sorted by open_time."""
     shards = list_shards(market_dir, interval, symbol)
@@ -130,6 +148,8 @@ def dedupe_sorted(table: pa.Table) -> tuple[pa.Table, int]:
     if n == 0:
         return table, 0
     ot = table.column("open_time").cast(pa.int64()).to_numpy()
+    if (ot[1:] > ot[:-1]).all():  # already sorted and unique, as every stored shard is
+        return table, 0
     order = np.lexsort((np.arange(n), ot))
     ot_sorted = ot[order]
     keep_last = np.ones(n, dtype=bool)
@@ -146,12 +166,6 @@ class WriteResult:
     duplicates_dropped: int = 0  # repeated open_times inside the incoming rows
     rows_replaced: int = 0  # stored rows overwritten by an incoming row with the same open_time
     shards: dict[str, int] = field(default_factory=dict)  # path -> rows now in the shard
-
-    def add(self, other: "WriteResult") -> None:
-        self.rows_in += other.rows_in
-        self.duplicates_dropped += other.duplicates_dropped
-        self.rows_replaced += other.rows_replaced
-        self.shards.update(other.shards)
 
 
 def _replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -244,37 +258,51 @@ def write_klines(
     complete = set(complete_months)
     result = WriteResult(rows_in=table.num_rows)
     for i, (symbol, year, month, part) in enumerate(_split(table)):
-        validate_symbol(symbol)
         part, dups = dedupe_sorted(part)
         dups += upstream_duplicates if i == 0 else 0
-        if interval == "1m":
-            old_paths = [minute_shard_path(market_dir, symbol, year, month)]
-        else:
-            old_paths = [s.path for s in list_shards(market_dir, "1h", symbol) if (s.year, s.month) == (year, month)]
-        old_paths = [p for p in old_paths if p.exists()]
-        stored = [read_shard(p) for p in old_paths]
-        metas = [shard_metadata(p) for p in old_paths]
-        merged, replaced = part, 0
-        if stored:
-            stored_unique = dedupe_sorted(pa.concat_tables(stored))[0].num_rows
-            merged = dedupe_sorted(pa.concat_tables([*stored, part]))[0]
-            replaced = stored_unique + part.num_rows - merged.num_rows
-        meta = _merge_meta(metas, (year, month) in complete, source, dups)
-        if interval == "1m":
-            path = old_paths[0] if old_paths else minute_shard_path(market_dir, symbol, year, month)
-        else:
-            ot = merged.column("open_time")
-            first = pc.min(ot).as_py().date()
-            last = pc.max(ot).as_py().date()
-            path = hourly_shard_path(market_dir, symbol, first, last)
-        write_atomic(merged, path, meta)
-        for p in old_paths:  # hourly shards are renamed as their last day grows
-            if p != path:
-                p.unlink(missing_ok=True)
+        path, rows, replaced = _merge_into_shard(
+            market_dir, interval, symbol, year, month, part, complete=(year, month) in complete, source=source, dups=dups
+        )
         result.duplicates_dropped += dups
         result.rows_replaced += replaced
-        result.shards[str(path)] = merged.num_rows
+        result.shards[str(path)] = rows
     return result
+
+
+def mark_complete(market_dir: Path, interval: str, symbol: str, year: int, month: int, *, upstream_duplicates: int = 0) -> bool:
+    """Mark a stored symbol-month complete (its rows unchanged); False when nothing is stored."""
+    if not shard_paths(market_dir, interval, symbol, year, month):
+        return False
+    _merge_into_shard(market_dir, interval, symbol, year, month, KLINE_SCHEMA.empty_table(),
+                      complete=True, source=None, dups=upstream_duplicates)
+    return True
+
+
+def _merge_into_shard(
+    market_dir: Path, interval: str, symbol: str, year: int, month: int, part: pa.Table, *,
+    complete: bool, source: str | None, dups: int,
+) -> tuple[Path, int, int]:
+    """Merge deduplicated, sorted rows of one symbol-month into its shard; (path, rows, replaced)."""
+    validate_symbol(symbol)
+    old_paths = shard_paths(market_dir, interval, symbol, year, month)
+    stored = [read_shard(p) for p in old_paths]
+    metas = [shard_metadata(p) for p in old_paths]
+    merged, replaced = part, 0
+    if stored:
+        stored_unique = dedupe_sorted(pa.concat_tables(stored))[0].num_rows
+        merged = dedupe_sorted(pa.concat_tables([*stored, part]))[0]
+        replaced = stored_unique + part.num_rows - merged.num_rows
+    meta = _merge_meta(metas, complete, source, dups)
+    if interval == "1m":
+        path = minute_shard_path(market_dir, symbol, year, month)
+    else:
+        ot = merged.column("open_time")
+        path = hourly_shard_path(market_dir, symbol, pc.min(ot).as_py().date(), pc.max(ot).as_py().date())
+    write_atomic(merged, path, meta)
+    for p in old_paths:  # hourly shards are renamed as their last day grows
+        if p != path:
+            p.unlink(missing_ok=True)
+    return path, merged.num_rows, replaced
 
 
 def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:

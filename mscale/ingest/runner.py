@@ -43,15 +43,16 @@ from tqdm import tqdm
 from mscale.config import Config
 from mscale.errors import ChecksumError, MscaleError, UnknownSymbolError
 from mscale.ingest.rest import RestClient
-from mscale.schema import INTERVAL_MS, validate_interval, validate_symbol
+from mscale.schema import INTERVAL_MS, KLINE_SCHEMA, validate_interval, validate_symbol
 from mscale.store import (
     META_SOURCE,
     WriteResult,
     is_complete,
     list_shards,
-    minute_shard_path,
-    read_shard,
+    mark_complete,
+    read_open_times,
     shard_metadata,
+    shard_paths,
     write_klines,
 )
 
@@ -322,19 +323,12 @@ class _Run:
             raise
         dups += rest.stats.overlap_dropped - seen  # dropped from pages that yielded nothing
         complete = (year, month) if whole else None
-        if buf:
-            self._write(sym, pa.concat_tables(buf), "rest", summ, bar, complete=complete, dups=dups)
-        elif complete:
-            self._mark_complete(sym, year, month, summ, dups=dups)
-        else:
-            summ.duplicates_dropped += dups  # no write to carry them: the summary only
+        self._write(sym, pa.concat_tables(buf) if buf else KLINE_SCHEMA.empty_table(), "rest", summ, bar,
+                    complete=complete, dups=dups)
 
     # ---- store -------------------------------------------------------------------------------
     def _shard(self, sym: str, year: int, month: int) -> Path | None:
-        if self.interval == "1m":
-            p = minute_shard_path(self.market_dir, sym, year, month)
-            return p if p.exists() else None
-        found = [s.path for s in list_shards(self.market_dir, self.interval, sym) if (s.year, s.month) == (year, month)]
+        found = shard_paths(self.market_dir, self.interval, sym, year, month)
         return found[0] if found else None
 
     def _spans(self, sym: str, year: int, month: int, a: int, b: int) -> list[tuple[int, int]]:
@@ -344,8 +338,7 @@ class _Run:
         path = self._shard(sym, year, month)
         if self.force or path is None:
             return [(a, b)]
-        ot = read_shard(path).column("open_time").cast(pa.int64()).to_numpy()
-        return missing_spans(ot, a, b, self.step)
+        return missing_spans(read_open_times(path), a, b, self.step)
 
     def _write(self, sym: str, table: pa.Table, source: str, summ: SymbolSummary, bar: tqdm,
                complete: tuple[int, int] | None = None, dups: int = 0) -> None:
@@ -369,18 +362,10 @@ class _Run:
         bar.update(table.num_rows)
 
     def _mark_complete(self, sym: str, year: int, month: int, summ: SymbolSummary, dups: int = 0) -> None:
-        """Mark a fully fetched month complete; the store only writes metadata with rows, so the
-        last stored row is written again (identical, it replaces itself), carrying `dups`."""
-        path = self._shard(sym, year, month)
-        stored = read_shard(path) if path is not None else None
-        if stored is None or not stored.num_rows:
-            summ.duplicates_dropped += dups
-            return  # no rows at all that month (e.g. before the listing): nothing to mark
-        last = stored.slice(stored.num_rows - 1)
-        res = write_klines(self.market_dir, self.interval, last, complete_months=[(year, month)],
-                           upstream_duplicates=dups)
-        summ.duplicates_dropped += res.duplicates_dropped
-        summ.months_completed += bool(res.shards)
+        """Mark a fully fetched month complete, its stored rows unchanged; `dups` go with it."""
+        summ.duplicates_dropped += dups
+        summ.months_completed += mark_complete(self.market_dir, self.interval, sym, year, month,
+                                               upstream_duplicates=dups)
 
 
 def missing_spans(open_time_ms: np.ndarray, a: int, b: int, step: int) -> list[tuple[int, int]]:
