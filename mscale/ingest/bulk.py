@@ -26,6 +26,7 @@ import requests
 
 from mscale.errors import ChecksumError, DownloadError, MscaleError
 from mscale.ingest.archive import read_archive_zip, verify_checksum
+from mscale.ingest.rest import retry_after_seconds
 from mscale.schema import validate_interval, validate_symbol
 from mscale.store import month_bounds
 
@@ -135,7 +136,7 @@ class ArchiveClient:
                     return None
                 elif status in _RETRY_STATUS or status >= 500:
                     last = f"HTTP {status}"
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    retry_after = retry_after_seconds(resp.headers.get("Retry-After")) or 0.0
                 else:
                     raise DownloadError(f"{url}: HTTP {status} {resp.reason or ''}".rstrip())
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
@@ -151,10 +152,3 @@ class ArchiveClient:
         # "equal jitter": half the exponential step fixed, half random, so retries spread out
         step = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
         return step / 2 + random.uniform(0, step / 2)
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value else 0.0
-    except ValueError:
-        return 0.0

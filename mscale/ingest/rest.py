@@ -343,7 +343,7 @@ class RestClient:
                 return str(e), backoff()
         if status in (418, 429):
             self.stats.rate_limited += 1
-            wait = _retry_after(resp.headers.get("Retry-After"))
+            wait = retry_after_seconds(resp.headers.get("Retry-After"))
             if wait is None:
                 wait = self.backoff_max_s if status == 418 else backoff()
             if self.max_wait_s is not None and wait > self.max_wait_s:
@@ -401,7 +401,7 @@ class RestClient:
                      next_minute - now)
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """Seconds from a Retry-After header (seconds, possibly fractional, or an HTTP date)."""
     if not value:
         return None

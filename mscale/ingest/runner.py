@@ -163,7 +163,8 @@ def ingest(
         from mscale.ingest.bulk import ArchiveClient
 
         archive = ArchiveClient(cfg.ingest.archive_url, market=cfg.market, timeout_s=cfg.ingest.timeout_s,
-                                max_retries=cfg.ingest.max_retries)
+                                max_retries=cfg.ingest.max_retries, backoff_base_s=cfg.ingest.backoff_base_s,
+                                backoff_max_s=cfg.ingest.backoff_max_s)
     show = progress and not cfg.quiet and sys.stderr.isatty()
     run = _Run(cfg, interval, source, force, rest, archive, today, show, batch_rows)
     summary = IngestSummary(interval=interval, source=source)
