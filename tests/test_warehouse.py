@@ -302,6 +302,13 @@ def test_unique_key_and_grid_checks_catch_duplicates_and_missing_rows(built):
         _rerun_checks(built)
 
 
+def test_increasing_check_catches_a_cache_file_out_of_order(built):
+    _rerun_checks(built)  # passes as built
+    _tamper(built, lambda t: t.take(pa.array([1, 0] + list(range(2, t.num_rows)))))
+    with pytest.raises(CheckFailedError, match="chk_features__increasing"):
+        _rerun_checks(built)
+
+
 def _rerun_checks(cfg):
     """Run the build's checks against the (tampered) cache without refreshing it."""
     from mscale.warehouse import build
@@ -310,6 +317,7 @@ def _rerun_checks(cfg):
     try:
         params = r.params_from_config(cfg)
         checks = build.run_checks(con, cfg.sql_dir, params)
+        checks.append(build.check_stored_order(con, str(cfg.derived_dir / "features" / "symbol=*" / "*.parquet")))
     finally:
         con.close()
     failing = [c for c in checks if c.failing_rows]

@@ -172,6 +172,25 @@ def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderPa
     return results
 
 
+def check_stored_order(con: duckdb.DuckDBPyConnection, cache_glob: str) -> CheckResult:
+    """chk_features__increasing: inside every cached file, ts strictly increases row by row, so
+    readers get (symbol, ts) in order without sorting. (File order is not visible to a view, so
+    this check reads the files themselves.)"""
+    cursor = con.execute(
+        f"""
+        with stored as (
+            select filename, file_row_number, symbol, ts,
+                lag(ts) over (partition by filename order by file_row_number) as previous_ts,
+            from read_parquet({r.sql_paths(cache_glob)}, filename = true, file_row_number = true)
+        )
+        select filename, file_row_number, symbol, ts, previous_ts from stored where previous_ts >= ts
+        """
+    )
+    columns = [d[0] for d in cursor.description]
+    rows = cursor.fetchall()
+    return CheckResult("chk_features__increasing", len(rows), [dict(zip(columns, row)) for row in rows[:10]])
+
+
 def store_check_results(con: duckdb.DuckDBPyConnection, results: list[CheckResult]) -> None:
     con.execute(
         "create or replace table check_results (check_name varchar, failing_rows bigint, sample varchar, checked_at timestamptz)"
@@ -362,6 +381,7 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
         create_views(con, cfg.sql_dir, params, mart_cache=cache)
         checks_started = time.perf_counter()
         result.checks = run_checks(con, cfg.sql_dir, _with_extras(params, r.discover(cfg.sql_dir)))
+        result.checks.append(check_stored_order(con, cache))
         store_check_results(con, result.checks)
         log.info("checks took %.1fs", time.perf_counter() - checks_started)
     finally:
