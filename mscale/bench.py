@@ -1,4 +1,4 @@
-"""`mscale bench` / `make bench`: the ingest benchmarks, then the feature build benchmark.
+"""`mscale bench` / `make bench`: the ingest benchmarks, the backtest engine, then the feature build.
 
 Figures are medians of several runs measured in one process; targets from the issues are printed
 beside them. Nothing here is asserted: machines are shared and noisy, so read the ratios.
@@ -103,6 +103,11 @@ def run_bench(cfg: Config, what: str = "all", *, quick: bool = False) -> None:
     if what in ("all", "ingest"):
         print("ingest:")
         _print(bench_ingest(repeats=3 if quick else 5))
+    if what in ("all", "backtest"):
+        from mscale import bench_backtest
+
+        print("backtest:")
+        bench_backtest.run(quick=quick)
     if what in ("all", "features"):
         from mscale import bench_features
 

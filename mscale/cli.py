@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbols", nargs="+", help="symbols to sample (default: up to 2)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("bench", help="benchmarks (ingest, features)")
+    p = sub.add_parser("bench", help="benchmarks (ingest, backtest, features)")
     _common(p)
-    p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "features"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "backtest", "features"])
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
 
     return parser

@@ -58,9 +58,10 @@ def test_every_template_renders_and_explains(model, demo_market):
 
 
 def test_no_lookahead_outside_labels():
+    """labels/ and fills/ look past ts by construction (targets, fill prices); nothing else may."""
     offenders = []
     for path in (REPO / "sql").rglob("*.sql"):
-        if "labels" in path.parts:
+        if path.parent.relative_to(REPO / "sql").as_posix() in ("labels", "fills"):
             continue
         text = re.sub(r"--[^\n]*", "", path.read_text()).lower()
         if re.search(r"\blead\s*\(", text) or re.search(r"\bfollowing\b", text):
@@ -172,7 +173,7 @@ def test_seed_recipe_is_one_minute_later_than_close_time_windows(demo_market):
 
 # --- time zones -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("view", ["klines_1m", "klines_1h", "features_hourly", "features_minute", "features", "labels"])
+@pytest.mark.parametrize("view", ["klines_1m", "klines_1h", "features_hourly", "features_minute", "features", "labels", "fills"])
 def test_views_do_not_depend_on_the_session_time_zone(demo_market, view):
     params = r.params_from_config(demo_market)
     results = []
@@ -408,7 +409,7 @@ def test_shards_without_a_symbol_column_take_it_from_the_file_name(tmp_path):
 @pytest.mark.parametrize("check, key", [
     ("chk_klines_1m__unique_key", "open_time"), ("chk_klines_1h__unique_key", "open_time"),
     ("chk_features_hourly__unique_key", "ts"), ("chk_features_minute__unique_key", "ts"),
-    ("chk_features__unique_key", "ts"),
+    ("chk_features__unique_key", "ts"), ("chk_fills__unique_key", "ts"),
 ])
 def test_every_unique_key_check_returns_a_planted_duplicate(check, key):
     view = check.removeprefix("chk_").split("__")[0]

@@ -30,6 +30,7 @@ LAYERS = (
     "features/extra",
     "marts",
     "labels",
+    "fills",
     "checks",
 )
 FEATURE_LAYERS = tuple(layer for layer in LAYERS if layer.startswith("features/")) + ("marts",)
