@@ -42,3 +42,17 @@ def prices(symbol: str, ts_ms, close, **columns) -> pa.Table:
 
 def column(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist()
+
+
+def warehouse_prices(cfg) -> pa.Table:
+    """The `fills` view over cfg's shards (the real sql/, live views in memory), via load_prices."""
+    from mscale.backtest.market import load_prices
+    from mscale.warehouse import render as r
+    from mscale.warehouse.build import connect, create_views
+
+    con = connect()
+    try:
+        create_views(con, cfg.sql_dir, r.params_from_config(cfg))
+        return load_prices(con)
+    finally:
+        con.close()

@@ -331,7 +331,7 @@ def test_bad_predictions_get_one_line_errors(change, message):
     [
         ({"fees": "VIP3"}, "unknown fee tier 'VIP3': known tiers are gross, VIP9, VIP4"),
         ({"fees": {"VIP9": -1.0}}, "bps >= 0"),
-        ({"fill": "twap_7m"}, "fill mode 'twap_7m' needs a price column"),
+        ({"fill": "twap_7m"}, "fill mode 'twap_7m' needs minute fill prices the prices lack; they offer close"),
         ({"fill": "open"}, "unknown fill mode 'open': use close, next_minute or twap_<N>m"),
         ({"slippage": "roll"}, "unknown slippage 'roll'"),
         ({"trials": 0}, "trials must be a whole number >= 1"),
@@ -351,7 +351,9 @@ def test_bad_settings_get_one_line_errors(kwargs, message):
         ({"cooldown": -2}, "cooldown must be a whole number >= 0, got -2"),
         ({"max_trades_per_day": -1}, "max_trades_per_day must be a whole number >= 0"),
         ({"filter": "volume"}, "unknown filter 'volume': use one of none, vol, volm, both"),
-        ({"theta_long": math.nan}, "theta_long must be a finite number"),
+        ({"theta_long": math.nan}, r"theta_long must be a number in \[0, 2\], got nan"),
+        ({"theta_short": -0.1}, r"theta_short must be a number in \[0, 2\], got -0.1"),
+        ({"theta_vol": 1.5}, r"theta_vol must be a number in \[0, 1\], got 1.5"),
     ],
 )
 def test_bad_knobs_get_one_line_errors(knobs, message):
@@ -383,3 +385,77 @@ def test_prepared_bars_and_their_slices_backtest_like_the_tables_they_came_from(
         run_backtest(bars, price)
     with pytest.raises(MscaleError, match="needs prices"):
         run_backtest(pred)
+
+
+def test_prices_may_hold_symbols_the_predictions_do_not():
+    ts = hours(*range(5))
+    px = pa.concat_tables([prices(s, ts, [100.0 + i for i in range(5)]) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")])
+    for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+        result = run_backtest(predictions(symbol, ts, [LONG] * 5), px, rules=Rules(theta_long=0.5))
+        assert column(result.pnl, "symbol") == [symbol] * 5
+        assert column(result.pnl, "ret_gross")[0] == pytest.approx(101 / 100 - 1)
+
+
+def test_an_all_null_minute_fill_column_offers_no_minute_fills():
+    none = pa.array([None] * 4, pa.float64())
+    price_columns = {"fill_next_minute": none, "fill_twap_5m": none}
+    result = _run([LONG, FLAT, LONG, FLAT], [100.0, 110.0, 100.0, 110.0], price_columns=price_columns)
+    assert math.isnan(result.metric("latency_drag_return", symbol="BTCUSDT"))
+    with pytest.raises(MscaleError, match="fill mode 'next_minute' needs minute fill prices the prices lack; they offer close"):
+        _run([LONG, FLAT, LONG, FLAT], [100.0] * 4, fill="next_minute", price_columns=price_columns)
+
+
+def test_fill_fallbacks_are_counted_per_token_and_pooled():
+    ts = hours(0, 1, 2)
+    pred = pa.concat_tables([predictions("AAAUSDT", ts, [LONG, FLAT, FLAT]), predictions("BBBUSDT", ts, [LONG, FLAT, FLAT])])
+    nm = {"fill_next_minute": pa.array([None, 1.0, 1.0], pa.float64())}
+    px = pa.concat_tables([prices("AAAUSDT", ts, [1.0, 1.0, 1.0], **nm), prices("BBBUSDT", ts, [1.0, 1.0, 1.0], **nm)])
+    result = run_backtest(pred, px, rules=Rules(theta_long=0.5), fill="next_minute")
+    assert result.metric("fill_fallbacks", symbol="AAAUSDT") == 1
+    assert result.metric("fill_fallbacks") == 2
+    assert result.metric("fill_fallbacks", strategy="buy_hold") == 2  # buy-and-hold enters at the same rows
+
+
+@pytest.mark.parametrize("unit, tz", [("s", "UTC"), ("ms", "UTC"), ("us", "UTC"), ("ns", "UTC"), ("us", "Asia/Tokyo"), ("ms", None)])
+def test_decision_times_in_any_unit_and_zone_mean_the_same_instants(unit, tz):
+    ts = hours(0, 1, 2)
+    pred = predictions("BTCUSDT", ts, [LONG, FLAT, FLAT])
+    pred = pred.set_column(1, "ts", pred.column("ts").cast(pa.timestamp(unit, tz=tz)))
+    result = run_backtest(pred, prices("BTCUSDT", ts, [100.0, 101.0, 101.0]), rules=Rules(theta_long=0.5))
+    assert column(result.pnl, "ret_gross") == pytest.approx([0.01, 0.0, 0.0])
+    assert result.pnl.column("ts").cast(pa.int64()).to_pylist() == [int(t) * 1000 for t in ts]
+
+
+def test_empty_prices_and_sub_millisecond_times_get_one_line_errors():
+    with pytest.raises(MscaleError, match="prices are empty"):
+        run_backtest(predictions("BTCUSDT", hours(0), [0.0]), prices("BTCUSDT", [], []))
+    pred = predictions("BTCUSDT", hours(0), [0.0])
+    pred = pred.set_column(1, "ts", pa.array([int(hours(0)[0]) * 1_000_000 + 1], pa.timestamp("ns", tz="UTC")))
+    with pytest.raises(MscaleError, match="decision time 2024-01-01 00:00:00.000000001Z is not on the hour"):
+        run_backtest(pred, prices("BTCUSDT", hours(0), [1.0]))
+
+
+def test_filters_default_to_one_half_and_take_per_row_thresholds():
+    score = [LONG] * 4
+    p_vol = [0.4, 0.6, 0.6, 0.6]
+    default = _run(score, [100.0] * 4, rules=Rules(theta_long=0.5, filter="vol"), p_vol=p_vol)
+    assert column(default.pnl, "position") == [0, 1, 1, 0]
+    per_row = _run(score, [100.0] * 4, rules=Rules(theta_long=0.5, filter="vol"), p_vol=p_vol, theta_vol=[0.3, 0.7, 0.7, 0.7])
+    assert column(per_row.pnl, "position") == [1, 1, 1, 0]
+
+
+def test_cooldown_counts_rows_so_a_gap_does_not_shorten_it():
+    ts = hours(0, 1, 2, 8, 9, 10)
+    result = _run([LONG] * 6, [100.0] * 6, ts=ts, rules=Rules(theta_long=0.5, cooldown=1))
+    # row 2 (02:00) closes before the gap (03:00-07:00 missing); the cooldown then keeps row 3 (08:00) flat
+    assert column(result.pnl, "position") == [1, 1, 0, 0, 1, 0]
+
+
+def test_rules_take_numpy_numbers_and_are_keyword_only():
+    rules = Rules(theta_long=np.float32(0.25), min_hold=np.int64(2), max_trades_per_day=np.int32(3))
+    assert (rules.theta_long, rules.min_hold, rules.max_trades_per_day) == (0.25, 2, 3)
+    assert type(rules.min_hold) is int
+    with pytest.raises(TypeError):
+        Rules(0.1)  # noqa
+    with pytest.raises(MscaleError, match="trials_sharpe_var must be a number >= 0, got True"):
+        run_backtest(predictions("BTCUSDT", hours(0), [0.0]), prices("BTCUSDT", hours(0), [1.0]), trials_sharpe_var=True)

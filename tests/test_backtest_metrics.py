@@ -95,7 +95,7 @@ def test_summary_metrics_against_a_direct_computation():
     score = [1, 1, 1, 0, 0, -1, -1, 0]
     close = [100.0, 101.0, 99.0, 102.0, 102.0, 103.0, 101.0, 100.0]
     result = run_backtest(predictions("BTCUSDT", hours(*range(8)), score), prices("BTCUSDT", hours(*range(8)), close),
-                          rules=Rules(theta_long=0.5, theta_short=0.5), fees={"VIP4": 5.4})
+                          rules=Rules(theta_long=0.5, theta_short=0.5), fees={"VIP4": 5.4}, trials=50, trials_sharpe_var=2.0)
     pos = np.array([1, 1, 1, 0, 0, -1, -1, 0])
     assert column(result.pnl, "position") == pos.tolist()
     c = np.array(close)
@@ -118,11 +118,29 @@ def test_summary_metrics_against_a_direct_computation():
     gross_total = np.prod(1 + gross) - 1
     assert get("fee_drag_return") == pytest.approx(gross_total - get("total_return"))
     assert get("fee_drag_sharpe") == pytest.approx(m.sharpe(gross) - m.sharpe(net))
-    dd, dd_h = m.max_drawdown(net, hours(*range(8)) + HOUR, int(hours(0)[0]))
-    assert (get("max_drawdown"), get("max_dd_duration_h")) == (pytest.approx(dd), dd_h)
+    equity = np.r_[1.0, np.cumprod(1 + net)]  # at 00:00 (start), then at the end of each hour
+    peaks = np.maximum.accumulate(equity)
+    trough = int(np.argmax(1 - equity / peaks))
+    assert get("max_drawdown") == pytest.approx(1 - equity[trough] / peaks[trough])
+    peak_at = max(i for i in range(trough + 1) if equity[i] == peaks[trough])
+    back = [i for i in range(trough, len(equity)) if equity[i] >= peaks[trough]]
+    assert get("max_dd_duration_h") == (back[0] if back else len(equity) - 1) - peak_at
+    assert get("calmar") == pytest.approx(get("cagr") / get("max_drawdown"))
+    # the deflated Sharpe ratio of the run: PSR against the best of 50 trials' expected Sharpe
+    assert get("dsr") == pytest.approx(m.dsr(net, 50, 2.0), rel=1e-12)
+    assert get("dsr") < get("psr") == pytest.approx(m.psr(net), rel=1e-12)
 
 
-def test_pooled_equity_compounds_the_equal_weight_mean_of_present_tokens():
+def test_trade_net_returns_pay_fee_and_slippage_once_per_side():
+    result = run_backtest(predictions("BTCUSDT", hours(0, 1, 2, 3), [1.0, 1.0, 0.0, 0.0]),
+                          prices("BTCUSDT", hours(0, 1, 2, 3), [100.0, 102.0, 104.0, 104.0]),
+                          rules=Rules(theta_long=0.5), fees={"VIP9": 2.0}, slippage=3.0)
+    (trade,) = result.trades.to_pylist()
+    assert trade["ret_gross"] == pytest.approx(104 / 100 - 1)
+    assert trade["ret_net_VIP9"] == pytest.approx(1.04 * (1 - 5e-4) * (1 - 5e-4) - 1)
+
+
+def test_pooled_equity_compounds_the_equal_weight_mean_of_the_tokens_with_a_bar_that_hour():
     rng = np.random.default_rng(7)
     preds, px = [], []
     for symbol, offsets in (("AAAUSDT", range(0, 60)), ("BBBUSDT", [*range(10, 30), *range(33, 70)]), ("CCCUSDT", range(40, 50))):
@@ -132,18 +150,48 @@ def test_pooled_equity_compounds_the_equal_weight_mean_of_present_tokens():
     result = run_backtest(pa.concat_tables(preds), pa.concat_tables(px), rules=Rules(theta_long=0.3, theta_short=0.3),
                           fees={"VIP9": 2.0})
     pnl = result.pnl.to_pandas()
-    by_hour = pnl.groupby("ts").agg(mean=("ret_net_VIP9", "mean"), n=("symbol", "size"), bh=("ret_bh", "mean"))
+    # a token is in the pool over (ts, ts + 1 h] when its bar closing at ts + 1 h exists
+    nxt = pnl.groupby("symbol", observed=True)["ts"].shift(-1)
+    pnl["in_pool"] = (nxt - pnl["ts"]) == pd.Timedelta(hours=1)
+    by_hour = pnl.groupby("ts").agg(total=("ret_net_VIP9", "sum"), bh=("ret_bh", "sum"), rows=("symbol", "size"),
+                                    members=("in_pool", "sum"))
+    divisor = by_hour["members"].where(by_hour["members"] > 0, by_hour["rows"])
+    expected, expected_bh = by_hour["total"] / divisor, by_hour["bh"] / divisor
     pooled = result.pooled.to_pandas().set_index("ts")
     assert list(pooled.index) == list(by_hour.index)
-    np.testing.assert_array_equal(pooled["n_tokens"], by_hour["n"])
-    np.testing.assert_allclose(pooled["ret_net_VIP9"], by_hour["mean"], rtol=1e-12, atol=1e-16)
-    np.testing.assert_allclose(pooled["equity_VIP9"], np.cumprod(1 + by_hour["mean"]), rtol=1e-12)
-    np.testing.assert_allclose(pooled["equity_bh"], np.cumprod(1 + by_hour["bh"]), rtol=1e-12)
-    assert set(pooled["n_tokens"]) == {1, 2, 3}
-    assert result.metric("sharpe", tier="VIP9") == pytest.approx(m.sharpe(by_hour["mean"].to_numpy()), rel=1e-12)
+    np.testing.assert_array_equal(pooled["n_tokens"], by_hour["members"])
+    np.testing.assert_allclose(pooled["ret_net_VIP9"], expected, rtol=1e-12, atol=1e-16)
+    np.testing.assert_allclose(pooled["equity_VIP9"], np.cumprod(1 + expected), rtol=1e-12)
+    np.testing.assert_allclose(pooled["equity_bh"], np.cumprod(1 + expected_bh), rtol=1e-12)
+    assert set(pooled["n_tokens"]) == {0, 1, 2, 3}  # 0: the final hour, after every token's last bar
+    assert result.metric("sharpe", tier="VIP9") == pytest.approx(m.sharpe(expected.to_numpy()), rel=1e-12)
     assert result.metric("n_trades", tier="VIP9") == result.trades.num_rows
-    assert result.metric("total_return", strategy="buy_hold", tier="VIP9") != result.metric("total_return", strategy="buy_hold", symbol="AAAUSDT", tier="VIP9")
     metrics = result.metrics.to_pandas()
     assert set(metrics["symbol"]) == {"AAAUSDT", "BBBUSDT", "CCCUSDT", "pooled"}
-    assert not metrics.drop(columns=["latency_drag_return", "latency_drag_sharpe"]).isna().all().any()
     assert result.pooled.schema.field("ts").type == pa.timestamp("us", tz="UTC")
+
+
+def test_a_token_in_a_gap_leaves_the_pool_for_that_hour():
+    a_hours, b_hours = hours(0, 1, 2, 5, 6), hours(*range(7))
+    a_close, b_close = [100.0, 101.0, 102.0, 90.0, 91.0], [50.0, 50.5, 51.0, 51.5, 52.0, 52.5, 53.0]
+    result = run_backtest(
+        pa.concat_tables([predictions("AAAUSDT", a_hours, [0.0] * 5), predictions("BBBUSDT", b_hours, [0.0] * 7)]),
+        pa.concat_tables([prices("AAAUSDT", a_hours, a_close), prices("BBBUSDT", b_hours, b_close)]),
+        fees={"gross": 0.0},
+    )
+    pooled = result.pooled.to_pylist()
+    assert [row["n_tokens"] for row in pooled] == [2, 2, 1, 1, 1, 2, 0]
+    # hour 2 -> 3: A has no bar, so the pool is all B
+    assert pooled[2]["ret_bh"] == pytest.approx(51.5 / 51.0 - 1)
+    assert pooled[0]["ret_bh"] == pytest.approx(((101 / 100 - 1) + (50.5 / 50 - 1)) / 2)
+
+
+def test_ruin_stops_equity_at_zero():
+    # a short through a price that triples loses everything: equity 0 from then on, never negative
+    result = run_backtest(predictions("BTCUSDT", hours(0, 1, 2, 3), [-1.0, -1.0, 1.0, 1.0]),
+                          prices("BTCUSDT", hours(0, 1, 2, 3), [100.0, 300.0, 200.0, 400.0]),
+                          rules=Rules(theta_long=0.5, theta_short=0.5), fees={"VIP9": 2.0})
+    assert column(result.pnl, "ret_net_VIP9")[0] == -1.0
+    assert column(result.pnl, "equity_VIP9") == [0.0, 0.0, 0.0, 0.0]
+    assert result.metric("max_drawdown", symbol="BTCUSDT", tier="VIP9") == 1.0
+    assert column(result.trades, "ret_net_VIP9")[0] == -1.0

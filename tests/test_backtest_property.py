@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backtest_inputs import HOUR, T0, column, predictions, prices
 from mscale.backtest import Rules, prepare_bars, run_backtest, sweep
-from mscale.backtest.reference import Bar, Knobs, reference_positions, reference_returns
+from mscale.backtest.reference import Bar, Knobs, reference_positions, reference_returns, reference_trades
 
 FEES = {"gross": 0.0, "VIP9": 2.0, "VIP4": 5.4}
 
@@ -29,9 +31,11 @@ def tokens(draw):
         # probabilities on a coarse grid so scores often sit exactly on a threshold
         p_up = rng.choice(np.linspace(0, 1, 9), n)
         p_down = (1 - p_up) * rng.choice([0.0, 0.25, 0.5, 1.0], n)
-        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, n)))
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, n) + (rng.random(n) < 0.03) * rng.choice([-1.5, 1.5], n)))
         fill = close * np.exp(rng.normal(0, 0.003, n))
         fill[rng.random(n) < 0.15] = np.nan
+        if k == 0:
+            fill[0] = close[0]  # an all-NULL fill column offers no minute fills at all
         out.append({
             "symbol": f"T{k}USDT", "ts": ts, "p_up": p_up, "p_down": p_down, "close": close, "fill": fill,
             "p_vol": rng.choice(np.linspace(0, 1, 5), n), "p_volm": rng.choice(np.linspace(0, 1, 5), n),
@@ -64,7 +68,8 @@ def _tables(toks, per_row):
         preds.append(predictions(t["symbol"], t["ts"], np.zeros(len(t["ts"])), p_vol=t["p_vol"], p_volm=t["p_volm"], **extra)
                      .set_column(2, "p_up", pa.array(t["p_up"])).set_column(3, "p_down", pa.array(t["p_down"]))
                      .append_column("p_flat", pa.array(1 - t["p_up"] - t["p_down"])))
-        px.append(prices(t["symbol"], t["ts"], t["close"], fill_next_minute=pa.array(t["fill"], mask=np.isnan(t["fill"])),
+        fill = pa.array(t["fill"], mask=np.isnan(t["fill"]))
+        px.append(prices(t["symbol"], t["ts"], t["close"], fill_next_minute=fill, fill_twap_15m=fill,
                          spread_cs_60m=pa.array(t["spread"], mask=np.isnan(t["spread"]))))
     return pa.concat_tables(preds[::-1]), pa.concat_tables(px)  # symbols out of order on purpose
 
@@ -86,8 +91,9 @@ def _reference(t, knobs, rules):
     k = Knobs(long_only=rules.long_only, use_vol=rules.use_vol, use_volm=rules.use_volm, filter_exit=rules.filter_exit,
               min_hold=rules.min_hold, cooldown=rules.cooldown, max_per_day=rules.max_trades_per_day)
     positions, reasons = reference_positions(bars, k)
-    gross, net = reference_returns(bars, positions, [bps / 1e4 for bps in FEES.values()])
-    return positions, reasons, gross, net
+    rates = [bps / 1e4 for bps in FEES.values()]
+    gross, net = reference_returns(bars, positions, rates)
+    return positions, reasons, gross, net, reference_trades(bars, positions, reasons, rates)
 
 
 def _rules(knobs):
@@ -101,7 +107,7 @@ def _rules(knobs):
 
 
 @settings(max_examples=300, deadline=None)
-@given(toks=tokens(), knobs=knob_sets, fill=st.sampled_from(["close", "next_minute"]))
+@given(toks=tokens(), knobs=knob_sets, fill=st.sampled_from(["close", "next_minute", "twap_15m"]))
 def test_compiled_pass_equals_the_reference(toks, knobs, fill):
     rules = _rules(knobs)
     pred, px = _tables(toks, knobs["per_row_thresholds"])
@@ -109,13 +115,22 @@ def test_compiled_pass_equals_the_reference(toks, knobs, fill):
     for t in sorted(toks, key=lambda t: t["symbol"]):
         if fill == "close":
             t = {**t, "fill": t["close"]}
-        positions, reasons, gross, net = _reference(t, knobs, rules)
-        mine = result.pnl.filter(pa.compute.equal(result.pnl.column("symbol").cast(pa.string()), t["symbol"]))
+        positions, reasons, gross, net, trades = _reference(t, knobs, rules)
+        mine = result.pnl.filter(pc.equal(result.pnl.column("symbol").cast(pa.string()), t["symbol"]))
         assert column(mine, "position") == positions
         assert [r or "" for r in column(mine, "exit_reason")] == reasons
         np.testing.assert_allclose(column(mine, "ret_gross"), gross, rtol=1e-12, atol=1e-15)
         for j, tier in enumerate(FEES):
             np.testing.assert_allclose(column(mine, f"ret_net_{tier}"), net[j], rtol=1e-12, atol=1e-15)
+        my_trades = result.trades.filter(pc.equal(result.trades.column("symbol").cast(pa.string()), t["symbol"])).to_pylist()
+        rows = {int(ms): i for i, ms in enumerate(t["ts"])}
+        assert len(my_trades) == len(trades)
+        for mine_t, ref in zip(my_trades, trades):
+            entry_ms, exit_ms = (int(mine_t[k].timestamp() * 1000) for k in ("entry_ts", "exit_ts"))
+            assert (rows[entry_ms], rows[exit_ms], mine_t["side"], mine_t["exit_reason"]) == (ref["entry"], ref["exit"], ref["side"], ref["reason"])
+            assert mine_t["entry_price"] == ref["entry_price"] and mine_t["exit_price"] == ref["exit_price"]
+            assert mine_t["ret_gross"] == pytest.approx(ref["gross"], rel=1e-12, abs=1e-15)
+            assert [mine_t[f"ret_net_{tier}"] for tier in FEES] == pytest.approx(ref["net"], rel=1e-12, abs=1e-15)
 
 
 @settings(max_examples=100, deadline=None)

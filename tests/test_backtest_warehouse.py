@@ -7,20 +7,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from backtest_inputs import warehouse_prices
 from mscale.backtest import Rules, run_backtest
-from mscale.backtest.market import load_prices
-from mscale.warehouse import render as r
-from mscale.warehouse.build import connect, create_views
 
 
 @pytest.fixture(scope="module")
 def demo_prices(demo_market) -> pa.Table:
-    con = connect()
-    try:
-        create_views(con, demo_market.sql_dir, r.params_from_config(demo_market))
-        return load_prices(con)
-    finally:
-        con.close()
+    return warehouse_prices(demo_market)
 
 
 def _sign_predictions(prices: pa.Table, signal: np.ndarray) -> pa.Table:

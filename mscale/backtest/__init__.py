@@ -8,7 +8,8 @@ Public surface (doc/backtest.md):
 """
 
 from mscale.backtest.costs import DEFAULT_FEES, parse_fees
-from mscale.backtest.engine import BacktestResult, Bars, prepare_bars, run_backtest
+from mscale.backtest.engine import BacktestResult, run_backtest
+from mscale.backtest.inputs import Bars, prepare_bars
 from mscale.backtest.rules import Rules
 from mscale.backtest.sweep import SweepResult, sweep, threshold_grid
 

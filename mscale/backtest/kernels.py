@@ -100,16 +100,17 @@ def _bar_parts(prev, p, close, next_close, fill, has_next):
     (the close itself for close fills; NaN = no minute bar, then the next hourly close): the old
     position earns close -> fill, the new one fill -> next close. With no next bar the old
     position is closed at this row's close (the last known price) and nothing more is earned.
+    A leg loses at most everything (-1: a short whose price more than doubles is ruined).
     """
     if p == prev:
         if has_next and p != 0:
-            return 0.0, p * (next_close / close - 1.0), np.nan
+            return 0.0, max(p * (next_close / close - 1.0), -1.0), np.nan
         return 0.0, 0.0, np.nan
     if not has_next:
         return 0.0, 0.0, close
     f = fill if np.isfinite(fill) else next_close
-    exit_part = prev * (f / close - 1.0) if prev != 0 else 0.0
-    hold_part = p * (next_close / f - 1.0) if p != 0 else 0.0
+    exit_part = max(prev * (f / close - 1.0), -1.0) if prev != 0 else 0.0
+    hold_part = max(p * (next_close / f - 1.0), -1.0) if p != 0 else 0.0
     return exit_part, hold_part, f
 
 
@@ -165,7 +166,7 @@ def returns(pos, close, fill, slip, slip_step, first, has_next, rates, gross, ne
         dp = abs(p - prev)
         s = slip[i * slip_step]
         for j in range(rates.shape[0]):
-            net[j, i] = g - (rates[j] + s) * dp
+            net[j, i] = max(g - (rates[j] + s) * dp, -1.0)  # ruin: equity stops at 0
         prev = p
 
 
@@ -228,7 +229,7 @@ def trades(pos, reason, close, fill, slip, slip_step, first, has_next, rates):
             gross[t] = growth - 1.0
             exit_cost = slip[i * slip_step]
             for j in range(k):
-                net[j, t] = growth * (1.0 - rates[j] - entry_cost) * (1.0 - rates[j] - exit_cost) - 1.0
+                net[j, t] = max(growth * (1.0 - rates[j] - entry_cost) * (1.0 - rates[j] - exit_cost) - 1.0, -1.0)
         if p != 0 and p != prev:  # a new trade starts at this row
             t += 1
             entry[t] = i
@@ -278,7 +279,7 @@ def sweep(score, p_vol, p_volm, aux_step, combos, close, fill, slip, slip_step,
                                               filter_exit, min_hold, cooldown, max_per_day)
             next_close = close[i + 1] if has_next[i] else np.nan
             a, b, _f = _bar_parts(prev, p, close[i], next_close, fill[i], has_next[i])
-            r = (1.0 + a) * (1.0 + b) - 1.0 - (rate + slip[i * slip_step]) * abs(p - prev)
+            r = max((1.0 + a) * (1.0 + b) - 1.0 - (rate + slip[i * slip_step]) * abs(p - prev), -1.0)
             s1[c] += r
             s2[c] += r * r
             log_growth[c] += np.log1p(r)

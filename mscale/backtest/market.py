@@ -77,13 +77,22 @@ def load_prices(
     return pa.table(columns, names=table.column_names)
 
 
-def fill_modes(table: pa.Table | pa.Schema) -> list[str]:
-    """The fill modes `table` supports: "close" always, "next_minute" with a `fill_next_minute`
-    column, and "twap_{N}m" for each `fill_twap_{N}m` column (ascending N)."""
-    names = table.names if isinstance(table, pa.Schema) else table.schema.names
-    modes = ["close"]
+def fill_columns(names) -> dict[str, str]:
+    """Fill mode -> price column, for the columns in `names`: "close" always, "next_minute" with
+    `fill_next_minute`, "twap_{N}m" for each `fill_twap_{N}m` (ascending N)."""
+    modes = {"close": "close"}
     if "fill_next_minute" in names:
-        modes.append("next_minute")
-    windows = sorted(int(m.group(1)) for m in map(_TWAP.match, names) if m)
-    modes += [f"twap_{n}m" for n in windows]
+        modes["next_minute"] = "fill_next_minute"
+    for n in sorted(int(m.group(1)) for m in map(_TWAP.match, names) if m):
+        modes[f"twap_{n}m"] = f"fill_twap_{n}m"
     return modes
+
+
+def is_fill_mode(mode: str) -> bool:
+    """Whether `mode` is a fill mode's name at all (close, next_minute, twap_<N>m)."""
+    return isinstance(mode, str) and bool(_TWAP.match("fill_" + mode) or mode in ("close", "next_minute"))
+
+
+def fill_modes(table: pa.Table | pa.Schema) -> list[str]:
+    """The fill modes `table` supports (see `fill_columns`)."""
+    return list(fill_columns(table.names if isinstance(table, pa.Schema) else table.schema.names))

@@ -13,6 +13,7 @@ import numpy as np
 
 HOURS_PER_YEAR = 8760
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 EULER_GAMMA = 0.5772156649015329
 _NORMAL = NormalDist()
 
@@ -131,7 +132,13 @@ def deflated_benchmark(trials: int, trials_sharpe_var: float) -> float:
 def dsr(returns: np.ndarray, trials: int, trials_sharpe_var: float) -> float:
     """Deflated Sharpe ratio (Bailey & López de Prado 2014): the PSR against
     `deflated_benchmark(trials, trials_sharpe_var)`. One trial: DSR = PSR."""
-    return psr(returns, deflated_benchmark(trials, trials_sharpe_var))
+    return psr_and_dsr(returns, trials, trials_sharpe_var)[1]
+
+
+def psr_and_dsr(returns: np.ndarray, trials: int, trials_sharpe_var: float) -> tuple[float, float]:
+    """(PSR against 0, DSR) of one series, its moments computed once."""
+    moments = _moments(returns)
+    return probabilistic_sharpe(*moments), probabilistic_sharpe(*moments, deflated_benchmark(trials, trials_sharpe_var))
 
 
 def summarise(
@@ -161,7 +168,7 @@ def summarise(
     growth = cagr(total, span_hours)
     in_market = np.asarray(exposure) > 0
     sr, sr_gross = sharpe(net), sharpe(gross)
-    moments = _moments(net)
+    psr_net, dsr_net = psr_and_dsr(net, trials, trials_sharpe_var)
     return {
         "n_bars": int(len(net)),
         "n_trades": int(len(trade_net)),
@@ -180,6 +187,6 @@ def summarise(
         "avg_hold_h": float(np.mean(trade_bars)) if len(trade_bars) else math.nan,
         "fee_drag_return": total_gross - total,
         "fee_drag_sharpe": sr_gross - sr,
-        "psr": probabilistic_sharpe(*moments),
-        "dsr": probabilistic_sharpe(*moments, deflated_benchmark(trials, trials_sharpe_var)),
+        "psr": psr_net,
+        "dsr": dsr_net,
     }

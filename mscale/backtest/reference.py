@@ -106,25 +106,53 @@ def reference_positions(bars: list[Bar], knobs: Knobs) -> tuple[list[int], list[
     return positions, reasons
 
 
+def _legs(bars: list[Bar], row: int, previous: int, position: int) -> tuple[float, float, float]:
+    """(old position's leg, new position's leg, fill price) of one row, as doc/backtest.md states them."""
+    bar = bars[row]
+    has_next = row + 1 < len(bars) and bars[row + 1].ts_ms == bar.ts_ms + HOUR_MS
+    if not has_next:
+        assert position == 0, "the engine closes every position before a gap or the end"
+        return 0.0, 0.0, bar.close  # closed at this bar's close: nothing earned
+    if position == previous:
+        return 0.0, max(position * (bars[row + 1].close / bar.close - 1), -1.0), math.nan
+    fill = bar.fill if math.isfinite(bar.fill) else bars[row + 1].close
+    old_leg = max(previous * (fill / bar.close - 1), -1.0)  # no leg loses more than everything
+    new_leg = max(position * (bars[row + 1].close / fill - 1), -1.0)
+    return old_leg, new_leg, fill
+
+
 def reference_returns(bars: list[Bar], positions: list[int], fee_rates: list[float]) -> tuple[list[float], list[list[float]]]:
     """Gross return of each bar and net return per fee rate, for the given positions."""
     gross: list[float] = []
     net: list[list[float]] = [[] for _ in fee_rates]
     previous = 0
     for row, (bar, position) in enumerate(zip(bars, positions)):
-        has_next = row + 1 < len(bars) and bars[row + 1].ts_ms == bar.ts_ms + HOUR_MS
-        if not has_next:
-            assert position == 0, "the engine closes every position before a gap or the end"
-            value = 0.0  # closed at this bar's close: nothing earned
-        elif position == previous:
-            value = position * (bars[row + 1].close / bar.close - 1)
-        else:
-            fill = bar.fill if math.isfinite(bar.fill) else bars[row + 1].close
-            old_leg = previous * (fill / bar.close - 1)
-            new_leg = position * (bars[row + 1].close / fill - 1)
-            value = (1 + old_leg) * (1 + new_leg) - 1
+        old_leg, new_leg, _ = _legs(bars, row, previous, position)
+        value = (1 + old_leg) * (1 + new_leg) - 1
         gross.append(value)
         for j, rate in enumerate(fee_rates):
-            net[j].append(value - (rate + bar.slip) * abs(position - previous))
+            net[j].append(max(value - (rate + bar.slip) * abs(position - previous), -1.0))
         previous = position
     return gross, net
+
+
+def reference_trades(bars: list[Bar], positions: list[int], reasons: list[str], fee_rates: list[float]) -> list[dict]:
+    """Each trade: entry and exit rows, side, prices, gross return, net per fee rate, exit reason."""
+    trades: list[dict] = []
+    open_trade: dict | None = None
+    previous = 0
+    for row, position in enumerate(positions):
+        old_leg, new_leg, fill = _legs(bars, row, previous, position)
+        if open_trade is not None and position != previous:
+            growth = open_trade.pop("growth") * (1 + old_leg)
+            entry_side = open_trade.pop("entry_slip")
+            open_trade.update(exit=row, exit_price=fill, reason=reasons[row], gross=growth - 1, net=[
+                max(growth * (1 - rate - entry_side) * (1 - rate - bars[row].slip) - 1, -1.0) for rate in fee_rates])
+            trades.append(open_trade)
+            open_trade = None
+        if position != 0 and position != previous:
+            open_trade = {"entry": row, "side": position, "entry_price": fill, "growth": 1.0, "entry_slip": bars[row].slip}
+        if open_trade is not None:
+            open_trade["growth"] *= 1 + new_leg
+        previous = position
+    return trades

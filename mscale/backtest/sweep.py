@@ -10,14 +10,15 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
 from mscale.backtest import kernels
 from mscale.backtest.costs import slippage_rates
-from mscale.backtest.engine import Bars, fill_prices
+from mscale.backtest.inputs import Bars, fill_prices
 from mscale.backtest.metrics import HOURS_PER_YEAR
-from mscale.backtest.rules import Rules
+from mscale.backtest.rules import Rules, check_thresholds
 from mscale.errors import MscaleError
 
 COMBO_COLUMNS = ("theta_long", "theta_short", "theta_vol", "theta_volm")
@@ -60,9 +61,11 @@ def sweep(
     knobs of `rules` at one fee, over all of `bars`."""
     rules = rules or Rules()
     combos = np.ascontiguousarray(combos, dtype=float)
-    if combos.ndim != 2 or combos.shape[1] != 4 or not np.isfinite(combos).all():
+    if combos.ndim != 2 or combos.shape[1] != 4:
         raise MscaleError(f"combos must be an (m, 4) array of finite thresholds {COMBO_COLUMNS}, got shape {combos.shape}")
-    if not isinstance(fee_bps, (int, float)) or not math.isfinite(fee_bps) or fee_bps < 0:
+    for j, name in enumerate(COMBO_COLUMNS):
+        check_thresholds(name, combos[:, j], f"combos[:, {j}] ({name})")
+    if isinstance(fee_bps, bool) or not isinstance(fee_bps, Real) or not math.isfinite(fee_bps) or fee_bps < 0:
         raise MscaleError(f"fee_bps must be a number >= 0, got {fee_bps!r}")
     for used, name in ((rules.use_vol, "p_vol_high"), (rules.use_volm, "p_volm_up")):
         if used and name not in bars.aux:
