@@ -298,7 +298,7 @@ def test_sweep_agrees_with_the_full_backtest():
     rules = Rules(filter="vol", min_hold=2, cooldown=1, max_trades_per_day=4)
     combos = threshold_grid([0.1, 0.3, 0.6], [0.2, 0.5], [0.3, 0.6])
     result = sweep(prepare_bars(pred, price), combos, rules=rules, fee_bps=5.4)
-    for i, (tl, ts_, tv, tvm) in enumerate(combos):
+    for i, (tl, ts_, tv, _tvm) in enumerate(combos):
         one = run_backtest(pred, price, rules=Rules(theta_long=tl, theta_short=ts_, theta_vol=tv, filter="vol", min_hold=2,
                                                     cooldown=1, max_trades_per_day=4), fees={"VIP4": 5.4})
         assert result.sharpe[i] == pytest.approx(one.metric("sharpe", symbol="BTCUSDT"), rel=1e-9)
