@@ -1,4 +1,4 @@
-"""`mscale bench` / `make bench`: the ingest benchmarks, the backtest engine, then the feature build.
+"""`mscale bench` / `make bench`: the ingest benchmarks, the backtest engine, training, then the feature build.
 
 Figures are medians of several runs measured in one process; targets from the issues are printed
 beside them. Nothing here is asserted: machines are shared and noisy, so read the ratios.
@@ -108,6 +108,11 @@ def run_bench(cfg: Config, what: str = "all", *, quick: bool = False) -> None:
 
         print("backtest:")
         bench_backtest.run(quick=quick)
+    if what in ("all", "train"):
+        from mscale import bench_train
+
+        print("train:")
+        bench_train.run(quick=quick)
     if what in ("all", "features"):
         from mscale import bench_features
 

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--memory-limit")
 
+    p = sub.add_parser("train", help="purged walk-forward training, tuned thresholds, OOS backtest, run folder")
+    _common(p)
+    from mscale.train import add_arguments
+
+    add_arguments(p)
+
     p = sub.add_parser("sql", help="run SQL against the warehouse and print the result")
     _common(p)
     p.add_argument("query")
@@ -101,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks (ingest, backtest, features)")
     _common(p)
-    p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "backtest", "features"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "backtest", "train", "features"])
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
 
     return parser
@@ -117,6 +123,11 @@ def _config(args: argparse.Namespace) -> Config:
         features["threads"] = args.threads
     if getattr(args, "memory_limit", None):
         features["memory_limit"] = args.memory_limit
+    train = {}
+    if args.command == "train":
+        from mscale.train import train_overrides
+
+        train = train_overrides(args)
     return load_config(
         data_dir=args.data_dir,
         warehouse=args.warehouse,
@@ -124,6 +135,8 @@ def _config(args: argparse.Namespace) -> Config:
         quiet=args.quiet,
         ingest=ingest,
         features=features,
+        train=train,
+        exp_dir=getattr(args, "out", None),
     )
 
 
@@ -166,6 +179,12 @@ def _run(args: argparse.Namespace) -> int:
 
         result = build_features(cfg, full=args.full)
         print(result.summary())
+    elif cmd == "train":
+        from mscale.research.pipeline import run_training
+
+        result = run_training(cfg)
+        print(result.summary)
+        print(f"run written to {result.path}")
     elif cmd == "sql":
         from mscale.warehouse.build import run_sql
 

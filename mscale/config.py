@@ -47,6 +47,118 @@ class FeatureSettings:
 
 
 @dataclass(frozen=True)
+class LabelSettings:
+    """The `labels` view (CONTRACT §7, doc/labels.md); every threshold in it is past-only."""
+
+    horizons: tuple[int, ...] = (1, 4, 24)  # forward-return horizons H in hours: fwd_ret_{H}h
+    horizon: int = 1  # the H of y_dir and y_big_move; one of `horizons`
+    epsilon_vol_mult: float = 0.175  # y_dir's flat band: mult x sqrt(horizon) x trailing hourly stddev (doc/labels.md)
+    epsilon_window: int = 168  # hours of trailing hourly returns behind that stddev
+    vol_window: int = 24  # Wv of fwd_rv_{Wv}h
+    volm_quantile: float = 0.8  # y_volm_up: the same-hour volume quantile ...
+    volm_days: int = 30  # ... over the previous volm_days days ...
+    volm_min_days: int = 20  # ... NULL with fewer bars than this
+    range_factor: float = 1.5  # y_range_exp: next bar's log range > factor x trailing 24 h mean
+    big_move_mult: float = 2.0  # y_big_move: |fwd_ret| > mult x sqrt(horizon) x trailing hourly stddev
+
+    def validate(self) -> None:
+        """One-line MscaleError for a setting of the wrong type or range."""
+
+        def whole(name: str, value: Any, low: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise MscaleError(f"labels {name} must be a whole number >= {low}, got {value!r}")
+
+        def positive(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise MscaleError(f"labels {name} must be a positive number, got {value!r}")
+
+        if not isinstance(self.horizons, (tuple, list)) or not self.horizons:
+            raise MscaleError(f"labels horizons must be a non-empty list of hours, got {self.horizons!r}")
+        for h in self.horizons:
+            whole("horizons", h, 1)
+        whole("horizon", self.horizon, 1)
+        if self.horizon not in self.horizons:
+            raise MscaleError(f"labels horizon must be one of horizons {list(self.horizons)}, got {self.horizon!r}")
+        whole("epsilon_window", self.epsilon_window, 2)
+        whole("vol_window", self.vol_window, 1)
+        whole("volm_days", self.volm_days, 1)
+        whole("volm_min_days", self.volm_min_days, 1)
+        if self.volm_min_days > self.volm_days:
+            raise MscaleError(f"labels volm_min_days ({self.volm_min_days}) must be <= volm_days ({self.volm_days})")
+        positive("epsilon_vol_mult", self.epsilon_vol_mult)
+        positive("range_factor", self.range_factor)
+        positive("big_move_mult", self.big_move_mult)
+        q = self.volm_quantile
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1:
+            raise MscaleError(f"labels volm_quantile must be a number in [0, 1], got {q!r}")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """`python -m mscale.train` (section `[train]`; flags override each key). doc/training.md."""
+
+    model: str = "lgbm"  # logistic | lgbm | histgb
+    features: str = "multiscale"  # hourly | multiscale
+    columns: tuple[str, ...] = ()  # explicit feature columns instead of a feature set
+    compare: bool = False  # run hourly and multiscale on the same folds and compare them
+    fit: str = "per_token"  # per_token | pooled
+    split_mode: str = "walk_forward"  # walk_forward | final_fold | dates
+    n_splits: int = 5
+    embargo_h: int | None = None  # None: max(labels.horizon, labels.vol_window)
+    val_fraction: float = 0.2
+    train: str | None = None  # dates mode: "YYYY-MM-DD→YYYY-MM-DD" (inclusive UTC days)
+    tune: str | None = None
+    oos: str | None = None  # "YYYY-MM-DD→end" allowed
+    symbols: tuple[str, ...] = ()  # empty: every symbol in the features mart
+    start: str | None = None  # decision times start < ts <= end (YYYY-MM-DD, UTC)
+    end: str | None = None
+    fees: tuple[str, ...] = ("gross", "VIP9", "VIP4")  # fee tiers: names or NAME=BPS
+    tune_fee: str = "VIP9"  # the tier thresholds are tuned at
+    fill: str = "close"  # close | next_minute | twap_<N>m
+    slippage: str | None = None  # None, bps per side, cs or ar
+    filter: str = "none"  # none | vol | volm | both
+    filter_exit: bool = False
+    long_only: bool = False
+    min_hold: int = 0
+    cooldown: int = 0
+    max_trades_per_day: int | None = None
+    min_trades: int = 5  # a tuned threshold set must trade at least this often on the validation slice
+    vol_high_quantile: float = 0.8  # y_vol_high: fwd_rv above this quantile of the fold's training rows
+    seed: int = 0
+    threads: int = 2
+    shuffle_labels: bool = False  # sanity mode: train on permuted labels (OOS skill must vanish)
+    block_h: int = 168  # the comparison's bootstrap block length in hours
+
+    def validate(self) -> None:
+        """One-line MscaleError for a setting of the wrong type or choice (the backtest knobs are
+        checked by mscale.backtest when the run starts)."""
+        choices = {"model": ("logistic", "lgbm", "histgb"), "features": ("hourly", "multiscale"),
+                   "fit": ("per_token", "pooled"), "split_mode": ("walk_forward", "final_fold", "dates")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise MscaleError(f"train {name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name, low in (("n_splits", 1), ("min_trades", 0), ("seed", 0), ("threads", 1), ("block_h", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise MscaleError(f"train {name} must be a whole number >= {low}, got {value!r}")
+        if self.embargo_h is not None and (isinstance(self.embargo_h, bool) or not isinstance(self.embargo_h, int) or self.embargo_h < 0):
+            raise MscaleError(f"train embargo_h must be a whole number of hours >= 0, got {self.embargo_h!r}")
+        for name in ("val_fraction", "vol_high_quantile"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise MscaleError(f"train {name} must be a number between 0 and 1, got {value!r}")
+        for name in ("compare", "filter_exit", "long_only", "shuffle_labels"):
+            if not isinstance(getattr(self, name), bool):
+                raise MscaleError(f"train {name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)):
+                raise MscaleError(f"train {name} must be a date YYYY-MM-DD, got {value!r}")
+        if self.split_mode == "dates" and not (self.train and self.tune and self.oos):
+            raise MscaleError("split mode dates needs --train, --tune and --oos date ranges, e.g. --oos 2024-07-01→end")
+
+
+@dataclass(frozen=True)
 class Config:
     project_root: Path
     data_dir: Path
@@ -55,6 +167,13 @@ class Config:
     quiet: bool = False
     ingest: IngestSettings = field(default_factory=IngestSettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
+    labels: LabelSettings = field(default_factory=LabelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    exp_dir: Path | None = None  # experiment runs (CONTRACT §10); None = <project root>/_exp
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.exp_dir or self.project_root / "_exp"
 
     @property
     def market_dir(self) -> Path:
@@ -123,6 +242,8 @@ def load_config(
     project_root: str | os.PathLike | None = None,
     ingest: dict[str, Any] | None = None,
     features: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    exp_dir: str | os.PathLike | None = None,
 ) -> Config:
     """Build the Config from flags (arguments), then env, then `mscale.toml`, then defaults."""
     root = Path(project_root).resolve() if project_root else find_project_root()
@@ -134,10 +255,10 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise MscaleError(f"{toml_path} is not valid TOML ({e}); fix or remove it") from None
 
-    for key in ("data_dir", "warehouse", "market"):
+    for key in ("data_dir", "warehouse", "market", "exp_dir"):
         if key in raw and not isinstance(raw[key], str):
             raise MscaleError(f"{toml_path}: {key} must be a string, got {raw[key]!r}")
-    known = {"data_dir", "warehouse", "market", "ingest", "features"}
+    known = {"data_dir", "warehouse", "market", "exp_dir", "ingest", "features", "labels", "train"}
     if set(raw) - known:
         raise MscaleError(f"{toml_path} has unknown keys {sorted(set(raw) - known)}: known keys are {sorted(known)}")
 
@@ -162,6 +283,9 @@ def load_config(
         quiet=quiet,
         ingest=_section(raw, IngestSettings, "ingest", ingest or {}),
         features=_section(raw, FeatureSettings, "features", features or {}),
+        labels=_section(raw, LabelSettings, "labels", {}),
+        train=_section(raw, TrainSettings, "train", train or {}),
+        exp_dir=(Path.cwd() / exp_dir).resolve() if exp_dir else ((root / raw["exp_dir"]).resolve() if "exp_dir" in raw else None),
     )
     _validate(cfg)
     return cfg
@@ -183,6 +307,8 @@ def _validate(cfg: Config) -> None:
     whole("minute_lag_hours", f.minute_lag_hours, 0)
     whole("pace_ms", i.pace_ms, 0)
     whole("max_retries", i.max_retries, 0)
+    cfg.labels.validate()
+    cfg.train.validate()
     if not isinstance(f.memory_limit, str) or not _MEMORY_RE.match(f.memory_limit.strip()):
         raise MscaleError(f"memory_limit {f.memory_limit!r} is not a size; use e.g. 4GB or 512MB")
     if not isinstance(i.timeout_s, (int, float)) or i.timeout_s <= 0:

@@ -409,7 +409,7 @@ def test_shards_without_a_symbol_column_take_it_from_the_file_name(tmp_path):
 @pytest.mark.parametrize("check, key", [
     ("chk_klines_1m__unique_key", "open_time"), ("chk_klines_1h__unique_key", "open_time"),
     ("chk_features_hourly__unique_key", "ts"), ("chk_features_minute__unique_key", "ts"),
-    ("chk_features__unique_key", "ts"), ("chk_fills__unique_key", "ts"),
+    ("chk_features__unique_key", "ts"), ("chk_fills__unique_key", "ts"), ("chk_labels__unique_key", "ts"),
 ])
 def test_every_unique_key_check_returns_a_planted_duplicate(check, key):
     view = check.removeprefix("chk_").split("__")[0]

@@ -158,12 +158,14 @@ class CheckResult:
     sample: list[dict] = field(default_factory=list)
 
 
-def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderParams) -> list[CheckResult]:
-    """Run every template in `checks/`: each returns offending rows; empty means pass."""
+def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderParams,
+               only: set[str] | None = None) -> list[CheckResult]:
+    """Run every template in `checks/` (or those named in `only`): each returns offending rows;
+    empty means pass."""
     env = r.environment(sql_dir)
     results = []
     for model in r.discover(sql_dir):
-        if model.layer != "checks":
+        if model.layer != "checks" or (only is not None and model.name not in only):
             continue
         cursor = con.execute(r.render(env, model, params))  # offending rows: few, or none
         columns = [d[0] for d in cursor.description]
@@ -379,6 +381,9 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
     con = connect(cfg.warehouse, cfg=cfg)
     try:
         create_views(con, cfg.sql_dir, params, mart_cache=cache)
+        from mscale.research.runs import create_run_views
+
+        create_run_views(con, cfg.runs_dir)
         checks_started = time.perf_counter()
         result.checks = run_checks(con, cfg.sql_dir, _with_extras(params, r.discover(cfg.sql_dir)))
         result.checks.append(check_stored_order(con, cache))

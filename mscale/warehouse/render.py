@@ -2,20 +2,20 @@
 
 One SELECT per file; the file name is the relation name; folders are layers built in LAYERS order.
 Values from the user reach SQL only through the filters here: symbols are validated against the
-contract's pattern, paths and timestamps are quoted by us, numbers are checked ints.
+contract's pattern, paths and timestamps are quoted by us, numbers are checked ints or finite floats.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from mscale.config import Config
+from mscale.config import Config, LabelSettings
 from mscale.errors import MscaleError
 from mscale.schema import validate_symbol
 
@@ -82,6 +82,15 @@ def sql_ts(value: datetime) -> str:
     return f"timestamptz '{value.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}+00'"
 
 
+def sql_float(value: Any) -> str:
+    """A finite number as a DOUBLE literal that round-trips exactly (an exponent makes DuckDB read
+    it as DOUBLE, not DECIMAL)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise MscaleError(f"expected a finite number, got {value!r}")
+    text = repr(float(value))
+    return text if "e" in text else text + "e0"
+
+
 def environment(sql_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(sql_dir)),
@@ -89,7 +98,7 @@ def environment(sql_dir: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(sql_paths=sql_paths, sql_values=sql_values, sql_ts=sql_ts)
+    env.filters.update(sql_paths=sql_paths, sql_values=sql_values, sql_ts=sql_ts, sql_float=sql_float)
     return env
 
 
@@ -110,6 +119,17 @@ class RenderParams:
     z_window: int = 168
     minute_lag_hours: int = 0
     check_sample_rows: int = 500
+    # the labels view ([labels] in mscale.toml; see LabelSettings)
+    horizons: tuple[int, ...] = LabelSettings.horizons
+    horizon: int = LabelSettings.horizon
+    epsilon_vol_mult: float = LabelSettings.epsilon_vol_mult
+    epsilon_window: int = LabelSettings.epsilon_window
+    vol_window: int = LabelSettings.vol_window
+    volm_quantile: float = LabelSettings.volm_quantile
+    volm_days: int = LabelSettings.volm_days
+    volm_min_days: int = LabelSettings.volm_min_days
+    range_factor: float = LabelSettings.range_factor
+    big_move_mult: float = LabelSettings.big_move_mult
     extra_models: tuple[str, ...] = field(default=())
 
     def context(self) -> dict[str, Any]:
@@ -124,9 +144,15 @@ class RenderParams:
                 raise MscaleError(f"{name} must be a whole number >= {low}, got {v!r}")
         for s in self.symbols:
             validate_symbol(s)
+        self.label_settings().validate()
         ctx = {k: getattr(self, k) for k in self.__dataclass_fields__}
         ctx["minute_windows"] = sorted(self.minute_windows)
+        ctx["horizons"] = sorted(set(self.horizons))
         return ctx
+
+    def label_settings(self) -> LabelSettings:
+        """The labels part of these parameters, as the settings object that validates them."""
+        return LabelSettings(**{f.name: getattr(self, f.name) for f in fields(LabelSettings)})
 
 
 def params_from_config(cfg: Config, **overrides: Any) -> RenderParams:
@@ -149,6 +175,7 @@ def params_from_config(cfg: Config, **overrides: Any) -> RenderParams:
         minute_windows=tuple(f.minute_windows),
         z_window=f.z_window,
         minute_lag_hours=f.minute_lag_hours,
+        **asdict(cfg.labels),
     )
     base.update(overrides)
     return RenderParams(**base)

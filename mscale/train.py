@@ -1,0 +1,81 @@
+"""`python -m mscale.train` (`mscale train`): parse the flags, load the config, run the research
+pipeline (`mscale.research.pipeline`), print its summary and the run folder.
+
+Flags override the same keys of `mscale.toml` `[train]`; see doc/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The train flags (each overrides the same key of mscale.toml [train])."""
+    a = p.add_argument
+    a("--model", choices=["logistic", "lgbm", "histgb"])
+    a("--features", choices=["hourly", "multiscale"], help="feature set (default multiscale)")
+    a("--columns", help="comma-separated feature columns instead of a feature set")
+    a("--compare", action="store_true", default=None, help="run hourly and multiscale on the same folds and compare them")
+    a("--fit", choices=["per_token", "pooled"])
+    a("--split-mode", choices=["walk_forward", "final_fold", "dates"])
+    a("--n-splits", type=int)
+    a("--embargo-h", type=int, help="hours between a training label's end and its evaluation block")
+    a("--val-fraction", type=float)
+    a("--train", dest="train_range", help="dates mode: YYYY-MM-DD→YYYY-MM-DD")
+    a("--tune", dest="tune_range", help="dates mode: the validation (tuning) range")
+    a("--oos", dest="oos_range", help="dates mode: the out-of-sample range, e.g. 2024-07-01→end")
+    a("--symbols", nargs="+")
+    a("--start", help="first UTC day of data (decision times after it)")
+    a("--end", help="last day boundary of data (decision times up to it)")
+    a("--fees", help="fee tiers, e.g. gross,VIP9,VIP4 or taker=10")
+    a("--tune-fee", help="the tier thresholds are tuned at (default VIP9)")
+    a("--fill", help="close | next_minute | twap_<N>m")
+    a("--slippage", help="bps per side, cs or ar")
+    a("--filter", choices=["none", "vol", "volm", "both"])
+    a("--filter-exit", action="store_true", default=None)
+    a("--long-only", action="store_true", default=None)
+    a("--min-hold", type=int)
+    a("--cooldown", type=int)
+    a("--max-trades-per-day", type=int)
+    a("--min-trades", type=int, help="minimum entries of a tuned threshold set on the validation slice")
+    a("--seed", type=int)
+    a("--threads", type=int)
+    a("--shuffle-labels", action="store_true", default=None, help="sanity mode: train on permuted labels")
+    a("--out", help="runs folder (default _exp/ in the project root)")
+
+
+_FLAG_KEYS = {
+    "model": "model", "features": "features", "compare": "compare", "fit": "fit", "split_mode": "split_mode",
+    "n_splits": "n_splits", "embargo_h": "embargo_h", "val_fraction": "val_fraction", "train_range": "train",
+    "tune_range": "tune", "oos_range": "oos", "start": "start", "end": "end", "tune_fee": "tune_fee", "fill": "fill",
+    "slippage": "slippage", "filter": "filter", "filter_exit": "filter_exit", "long_only": "long_only",
+    "min_hold": "min_hold", "cooldown": "cooldown", "max_trades_per_day": "max_trades_per_day",
+    "min_trades": "min_trades", "seed": "seed", "threads": "threads", "shuffle_labels": "shuffle_labels",
+}
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """[train] settings given on the command line."""
+    out = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "columns", None):
+        out["columns"] = tuple(c.strip() for c in args.columns.split(",") if c.strip())
+    if getattr(args, "fees", None):
+        out["fees"] = tuple(f.strip() for f in args.fees.split(",") if f.strip())
+    if getattr(args, "symbols", None):
+        out["symbols"] = tuple(s.strip().upper() for v in args.symbols for s in v.split(",") if s.strip())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mscale.train ARGS` is `mscale train ARGS`."""
+    from mscale.cli import main as cli
+
+    return cli(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
