@@ -23,11 +23,8 @@ install: $(STAMP) ## create .venv and install mscale with its dev extras
 demo-data: $(STAMP) ## write the synthetic demo market into data/ (offline)
 	$(MSCALE) demo-data
 
-demo: $(STAMP) ## the main job on the synthetic demo market: data, ingestion report, warehouse
-	$(MSCALE) demo-data
-	$(MSCALE) report
-	$(MSCALE) features
-	$(MSCALE) sql "select symbol, count(*) as rows, min(ts) as first_ts, max(ts) as last_ts from features group by symbol order by symbol"
+demo: $(STAMP) ## the main job, offline: demo market -> features -> train --compare -> backtest -> report
+	$(MSCALE) demo
 
 features: $(STAMP) ## build or refresh the warehouse views, derived cache and checks
 	$(MSCALE) features

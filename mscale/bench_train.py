@@ -51,13 +51,13 @@ def _market(months: int) -> Path:
 def run(*, quick: bool = False, repeats: int = 3) -> list[dict]:
     from mscale.research.pipeline import run_training
 
-    months, repeats = (4, 1) if quick else (24, repeats)
+    months, repeats, n_splits = (4, 1, 2) if quick else (24, repeats, 5)
     root = _market(months)
     results = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as runs:
             cfg = load_config(data_dir=root / "data", warehouse=root / "w.duckdb", quiet=True, exp_dir=runs,
-                              train={"model": "lgbm", "compare": True, "n_splits": 5})
+                              train={"model": "lgbm", "compare": True, "n_splits": n_splits})
             result = run_training(cfg)
             results.append((result.timings, len(result.arms["multiscale"].columns)))
     total = statistics.median(t["total_s"] for t, _ in results)

@@ -7,6 +7,7 @@ ends with a one-line `error: ...` on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from datetime import date, datetime
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="build or refresh the warehouse views, derived cache and checks")
     _common(p)
     p.add_argument("--full", action="store_true", help="recompute every month instead of refreshing")
+    p.add_argument("--out", help="runs folder the runs / run_predictions views read (default _exp/)")
     p.add_argument("--threads", type=int)
     p.add_argument("--memory-limit")
 
@@ -93,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     from mscale.train import add_arguments
 
     add_arguments(p)
+
+    p = sub.add_parser("backtest", help="re-run a training run's backtest and report with other knobs, no retraining")
+    _common(p)
+    p.add_argument("--run", required=True, help="the run folder, _exp/<run_id>")
+    p.add_argument("--fees", help="fee tiers, e.g. gross,VIP9,VIP4 or taker=10")
+    p.add_argument("--fill", help="close | next_minute | twap_<N>m")
+    p.add_argument("--slippage", help="bps per side, cs or ar")
+    p.add_argument("--filter", choices=["none", "vol", "volm", "both"])
+    p.add_argument("--filter-exit", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--long-only", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--min-hold", type=int)
+    p.add_argument("--cooldown", type=int)
+    p.add_argument("--max-trades-per-day", type=int)
+    p.add_argument("--theta-vol", type=float, help="override the tuned P(vol_high) threshold")
+    p.add_argument("--theta-volm", type=float, help="override the tuned P(volm_up) threshold")
+
+    p = sub.add_parser("demo", help="the main job on the synthetic market: data, features, train --compare, report")
+    _common(p)
+    p.add_argument("--symbols", nargs="+", help="symbols (default BTCUSDT ETHUSDT SOLUSDT)")
+    p.add_argument("--months", type=int, default=6, help="months of demo market from 2024-01-01")
+    p.add_argument("--n-splits", type=int, default=5)
+    p.add_argument("--out", help="runs folder (default _exp/ in the project root)")
 
     p = sub.add_parser("sql", help="run SQL against the warehouse and print the result")
     _common(p)
@@ -185,6 +209,32 @@ def _run(args: argparse.Namespace) -> int:
         result = run_training(cfg)
         print(result.summary)
         print(f"run written to {result.path}")
+    elif cmd == "backtest":
+        from mscale.research.evaluate import summary_table
+        from mscale.research.rerun import backtest_run
+
+        fees = [f.strip() for f in args.fees.split(",") if f.strip()] if args.fees else None
+        slippage = args.slippage
+        if slippage not in (None, "cs", "ar"):
+            try:
+                slippage = float(slippage)
+            except ValueError:
+                raise MscaleError(f"unknown slippage {slippage!r}: use a number of bps, cs or ar") from None
+        path, evaluation = backtest_run(
+            cfg, Path(args.run), fees=fees, fill=args.fill, slippage=slippage, filter=args.filter,
+            filter_exit=args.filter_exit, long_only=args.long_only, min_hold=args.min_hold, cooldown=args.cooldown,
+            max_trades_per_day=args.max_trades_per_day, theta_vol=args.theta_vol, theta_volm=args.theta_volm,
+        )
+        tune_fee = json.loads((path / "metrics.json").read_text())["tune_fee"]
+        print(summary_table(evaluation, tune_fee))
+        print(f"report: {path / 'report.html'}")
+    elif cmd == "demo":
+        from mscale.demo import DEFAULT_SYMBOLS
+        from mscale.demo_run import run_demo
+
+        if args.months < 3:
+            raise MscaleError(f"--months must be at least 3 for walk-forward folds, got {args.months}")
+        run_demo(cfg, symbols=tuple(_symbols(args.symbols) or DEFAULT_SYMBOLS), months=args.months, n_splits=args.n_splits)
     elif cmd == "sql":
         from mscale.warehouse.build import run_sql
 

@@ -127,6 +127,7 @@ class TrainSettings:
     seed: int = 0
     threads: int = 2
     shuffle_labels: bool = False  # sanity mode: train on permuted labels (OOS skill must vanish)
+    aux: bool = True  # train the vol_high and volm_up models beside the direction model
     block_h: int = 168  # the comparison's bootstrap block length in hours
 
     def validate(self) -> None:
@@ -147,13 +148,15 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise MscaleError(f"train {name} must be a number between 0 and 1, got {value!r}")
-        for name in ("compare", "filter_exit", "long_only", "shuffle_labels"):
+        for name in ("compare", "filter_exit", "long_only", "shuffle_labels", "aux"):
             if not isinstance(getattr(self, name), bool):
                 raise MscaleError(f"train {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)):
                 raise MscaleError(f"train {name} must be a date YYYY-MM-DD, got {value!r}")
+        if not self.aux and self.filter != "none":
+            raise MscaleError(f"filter {self.filter!r} needs the auxiliary models: drop --no-aux or use --filter none")
         if self.split_mode == "dates" and not (self.train and self.tune and self.oos):
             raise MscaleError("split mode dates needs --train, --tune and --oos date ranges, e.g. --oos 2024-07-01→end")
 

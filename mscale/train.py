@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--seed", type=int)
     a("--threads", type=int)
     a("--shuffle-labels", action="store_true", default=None, help="sanity mode: train on permuted labels")
+    a("--no-aux", dest="aux", action="store_false", default=None, help="direction model only, no vol_high / volm_up models")
     a("--out", help="runs folder (default _exp/ in the project root)")
 
 
@@ -54,7 +55,7 @@ _FLAG_KEYS = {
     "tune_range": "tune", "oos_range": "oos", "start": "start", "end": "end", "tune_fee": "tune_fee", "fill": "fill",
     "slippage": "slippage", "filter": "filter", "filter_exit": "filter_exit", "long_only": "long_only",
     "min_hold": "min_hold", "cooldown": "cooldown", "max_trades_per_day": "max_trades_per_day",
-    "min_trades": "min_trades", "seed": "seed", "threads": "threads", "shuffle_labels": "shuffle_labels",
+    "min_trades": "min_trades", "seed": "seed", "threads": "threads", "shuffle_labels": "shuffle_labels", "aux": "aux",
 }
 
 

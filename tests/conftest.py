@@ -77,3 +77,22 @@ def write_market(cfg: Config, minutes) -> None:
 
     write_klines(cfg.market_dir, "1m", minutes)
     write_klines(cfg.market_dir, "1h", hours_from_minutes(minutes))
+
+
+def run_config(root: Path, runs: str = "_exp", **train) -> Config:
+    """A Config over a built demo warehouse under `root`, writing training runs into `root/runs`."""
+    return load_config(data_dir=root / "data", warehouse=root / "w.duckdb", project_root=REPO, quiet=True,
+                       train=train, exp_dir=root / runs)
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse(tmp_path_factory) -> Path:
+    """2 symbols x 4 months of the demo market with its warehouse built (tests only add runs to it)."""
+    from mscale.demo import write_demo
+    from mscale.warehouse.build import build_features
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = run_config(root)
+    write_demo(cfg, symbols=("BTCUSDT", "ETHUSDT"), start=date(2024, 1, 1), months=4, seed=5)
+    build_features(cfg)
+    return root

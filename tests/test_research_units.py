@@ -141,3 +141,17 @@ def test_run_folders_are_published_whole_and_never_overwritten(tmp_path):
     failed.json("config.json", {})
     failed.discard()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [path.name]
+
+
+def test_tuning_pays_the_runs_slippage():
+    rng = np.random.default_rng(6)
+    n = 400
+    ts = hours(*range(n))
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    score = np.clip(np.r_[np.sign(np.diff(close)), 0.0] * rng.uniform(0.05, 0.6, n), -0.99, 0.99)
+    val, px = predictions("BTCUSDT", ts, score), prices("BTCUSDT", ts, close)
+    free = tune_thresholds(val, px, rules=Rules(), fee_bps=2.0, min_trades=10)
+    costly = tune_thresholds(val, px, rules=Rules(), fee_bps=2.0, slippage=40.0, min_trades=10)
+    assert costly.val_sharpe < free.val_sharpe
+    psr, dsr = free.deflated()
+    assert 0 <= dsr <= psr <= 1

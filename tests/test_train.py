@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -16,8 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
-from mscale.config import load_config
+from conftest import run_config
 from mscale.errors import CheckFailedError, MscaleError
 from mscale.research import pipeline
 from mscale.research.splits import Fold, make_splitter
@@ -26,22 +24,8 @@ from mscale.train import main
 FAST = {"model": "logistic", "n_splits": 3}
 
 
-@pytest.fixture(scope="module")
-def demo_warehouse(tmp_path_factory) -> Path:
-    """2 symbols x 4 months of the demo market with its warehouse built (read by every test here)."""
-    from mscale.demo import write_demo
-    from mscale.warehouse.build import build_features
-
-    root = tmp_path_factory.mktemp("train")
-    cfg = _cfg(root)
-    write_demo(cfg, symbols=("BTCUSDT", "ETHUSDT"), start=date(2024, 1, 1), months=4, seed=5)
-    build_features(cfg)
-    return root
-
-
 def _cfg(root: Path, runs: str = "_exp", **train):
-    return load_config(data_dir=root / "data", warehouse=root / "w.duckdb", project_root=REPO, quiet=True,
-                       train=train, exp_dir=root / runs)
+    return run_config(root, runs, **train)
 
 
 def _run(root: Path, runs: str, **train) -> pipeline.TrainingResult:
@@ -72,8 +56,8 @@ def test_a_compare_run_writes_every_artifact_and_shows_in_runs(demo_warehouse, c
 
     folds = pacsv.read_csv(run / "folds.csv")
     assert folds.num_rows == 2 * 3 * 2  # arms x folds x tokens
-    for column in ("fit_start", "test_end", "purged_fit", "share_flat", "accuracy", "macro_f1", "log_loss", "brier",
-                   "auc_vol_high", "auc_volm_up", "theta_long", "theta_short", "n_configs", "sharpe_var", "trades_per_day",
+    for column in ("fit_start", "test_end", "fold_purged_fit", "share_flat", "accuracy", "macro_f1", "log_loss", "brier",
+                   "auc_vol_high", "auc_volm_up", "model_vol_high", "theta_long", "theta_short", "n_configs", "sharpe_var", "val_dsr", "trades_per_day",
                    "avg_hold_h", "net_sharpe_VIP9", "net_sharpe_VIP4"):
         assert column in folds.column_names, column
 
@@ -140,30 +124,44 @@ def test_shuffled_labels_put_direction_accuracy_at_chance(demo_warehouse):
     assert shuffled.arms["multiscale"].oos.num_rows == _run(demo_warehouse, "shuffle", **FAST).arms["multiscale"].oos.num_rows
 
 
-def test_nothing_learned_changes_when_the_last_test_block_changes(demo_warehouse):
+def _poisoned(ds, rows, *, features=True):
+    out = replace(ds, features=ds.features.copy(), labels={k: v.copy() for k, v in ds.labels.items()})
+    if features:
+        out.features[rows] = out.features[rows] * 10 + 1
+    for name, values in out.labels.items():  # reversed (and scaled) labels: thresholds would move if read
+        values[rows] = values[rows][::-1] * (3 if name.startswith("fwd_") else 1)
+    return out
+
+
+def test_nothing_learned_changes_when_rows_a_fold_must_not_learn_from_change(demo_warehouse):
     cfg = _cfg(demo_warehouse, "poison", **FAST)
     plan = pipeline.load_plan(cfg)
     ds = plan.ds
     splitter = make_splitter("walk_forward", n_splits=3, embargo_h=pipeline.embargo_hours(cfg), val_fraction=0.2)
     folds = list(splitter.split(ds.ts_ms, ds.label_end_ms))
-    clean = pipeline.train_arms(cfg, ds, plan.prices, folds, plan.arms, "clean")
+    clean = pipeline.train_arms(cfg, ds, plan.prices, folds, plan.arms, "clean")[0]["multiscale"]
 
-    last = folds[-1].test
-    poisoned = replace(ds, features=ds.features.copy(), labels={k: v.copy() for k, v in ds.labels.items()})
-    poisoned.features[last] = poisoned.features[last] * 10 + 1
-    for name, values in poisoned.labels.items():  # the test block's labels too: y_vol_high's threshold must not move
-        values[last] = values[last][::-1] * (3 if name.startswith("fwd_") else 1)
-    dirty = pipeline.train_arms(cfg, poisoned, plan.prices, folds, plan.arms, "dirty")
-
-    a, b = clean["multiscale"], dirty["multiscale"]
-    assert [t.as_dict() for t in a.tuned] == [t.as_dict() for t in b.tuned]
-    assert a.importance == b.importance  # the same models, fitted on the same rows
+    # 1. the last test block (features and labels): nothing learned anywhere may change,
+    #    y_vol_high's training threshold included
+    dirty = pipeline.train_arms(cfg, _poisoned(ds, folds[-1].test), plan.prices, folds, plan.arms, "dirty")[0]["multiscale"]
+    assert [t.as_dict() for t in clean.tuned] == [t.as_dict() for t in dirty.tuned]
+    assert clean.importance == dirty.importance  # the same models, fitted on the same rows
     keep = ["p_down", "p_flat", "p_up", "p_vol_high", "p_volm_up", "theta_long", "theta_vol"]
-    for part_a, part_b in zip(a.parts, b.parts):
+    for part_a, part_b in zip(clean.parts, dirty.parts):
         if part_a.column("fold")[0].as_py() < folds[-1].index:
             assert part_a.select(keep).equals(part_b.select(keep))
         else:
             assert not part_a.select(["p_up"]).equals(part_b.select(["p_up"]))  # the test rows did change
+
+    # 2. the last fold's purged band (rows between its fit rows and its validation slice) and its
+    #    validation labels: no model may have been fitted on them, so every model is the same
+    last = folds[-1]
+    band = np.flatnonzero((ds.ts_ms > last.fit_span[1]) & (ds.ts_ms < last.val_span[0]))
+    assert len(band) >= last.purged_fit > 0
+    banded = _poisoned(_poisoned(ds, band), last.val, features=False)
+    other = pipeline.train_arms(cfg, banded, plan.prices, folds, plan.arms, "band")[0]["multiscale"]
+    assert clean.importance == other.importance
+    assert [t.as_dict() for t in clean.tuned] == [t.as_dict() for t in other.tuned]
 
 
 def test_dates_mode_runs_on_explicit_ranges(demo_warehouse):
@@ -218,3 +216,47 @@ def test_a_label_end_reaching_its_block_is_refused(demo_warehouse):
                 val_span=(int(ds.ts_ms[60]), 0), test_span=(int(ds.ts_ms[150]), 0), purged_fit=0, purged_val=0)
     with pytest.raises(MscaleError, match="label_end .* reaches into its evaluation block"):
         pipeline._assert_purged(ds, late, 24)
+
+
+def test_stale_labels_misaligned_keys_and_unknown_symbols_are_refused(demo_warehouse, tmp_path):
+    import shutil
+
+    cfg = _cfg(demo_warehouse, "stale", **FAST)
+    with pytest.raises(MscaleError, match=r"built with other \[labels\] settings \(horizon 1 -> 4\): run `mscale features`"):
+        pipeline.run_training(replace(cfg, labels=replace(cfg.labels, horizon=4, horizons=(1, 4, 24))))
+    with pytest.raises(MscaleError, match="no features for XXUSDT; symbols in the warehouse: BTCUSDT, ETHUSDT"):
+        pipeline.run_training(replace(cfg, train=replace(cfg.train, symbols=("XXUSDT",))))
+
+    wh = tmp_path / "w.duckdb"
+    shutil.copy(demo_warehouse / "w.duckdb", wh)
+    con = duckdb.connect(str(wh))
+    sql = con.execute("select sql from duckdb_views() where view_name = 'labels'").fetchone()[0]
+    body = sql.split(" AS ", 1)[1].rstrip(";")
+    con.execute(f"create or replace view labels as select * from ({body}) where ts <> timestamptz '2024-02-01 12:00:00+00'")
+    con.close()
+    with pytest.raises(MscaleError, match=r"features and labels are misaligned: 2 feature rows have no label row \(first: BTCUSDT 2024-02-01 12:00\)"):
+        pipeline.run_training(replace(cfg, warehouse=wh))
+
+
+def test_a_fold_that_cannot_learn_direction_is_refused_and_aux_tasks_fall_back_to_the_prior(demo_warehouse):
+    cfg = _cfg(demo_warehouse, "x", **FAST)
+    ds = pipeline.load_plan(cfg).ds
+    rows = np.flatnonzero(ds.code == 0)
+    fold = Fold(0, fit=rows[:150], val=rows[200:250], test=rows[300:400], fit_span=(0, 0), val_span=(0, 0),
+                test_span=(0, 0), purged_fit=0, purged_val=0)
+    with pytest.raises(MscaleError, match=r"fold 0 has too few rows for BTCUSDT \(fit 150, validation 50, test 100; at least 200"):
+        pipeline._plan_unit(cfg, ds, fold, [0])
+    early = Fold(0, fit=rows[:400], val=rows[450:500], test=rows[550:600], fit_span=(0, 0), val_span=(0, 0),
+                 test_span=(0, 0), purged_fit=0, purged_val=0)
+    unit = pipeline._plan_unit(cfg, ds, early, [0])  # y_volm_up needs 20 days of history: too few labels
+    assert unit.jobs["dir"][2] and not unit.jobs["volm_up"][2]
+    single = replace(ds, labels={**ds.labels, "y_dir": np.where(np.isfinite(ds.labels["y_dir"]), 1.0, np.nan)})
+    with pytest.raises(MscaleError, match="have a direction label .1 classes; at least 200 rows and two classes"):
+        pipeline._plan_unit(cfg, single, early, [0])
+
+
+def test_the_default_embargo_is_the_longest_label_horizon(demo_warehouse):
+    cfg = _cfg(demo_warehouse, "x")
+    assert pipeline.embargo_hours(cfg) == 24
+    assert pipeline.embargo_hours(replace(cfg, labels=replace(cfg.labels, vol_window=48))) == 48
+    assert pipeline.embargo_hours(replace(cfg, train=replace(cfg.train, embargo_h=6))) == 6

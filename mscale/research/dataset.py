@@ -50,7 +50,7 @@ def check_columns(con: duckdb.DuckDBPyConnection, requested: list[str]) -> list[
     for c in requested:
         if c not in available:
             near = difflib.get_close_matches(c, available, n=3)
-            hint = f"; did you mean {', '.join(near)}?" if near else f"; `mscale sql \"describe features\"` lists them"
+            hint = f"; did you mean {', '.join(near)}?" if near else "; `mscale sql \"describe features\"` lists them"
             raise MscaleError(f"feature column {c!r} does not exist in the features mart{hint}")
     return requested
 
@@ -97,8 +97,12 @@ def load_dataset(
     started = time.perf_counter()
     where, args = ["true"], []
     if symbols:
+        known = {row[0] for row in con.execute("select distinct symbol from features").fetchall()}
+        unknown = sorted({validate_symbol(s) for s in symbols} - known)
+        if unknown:
+            raise MscaleError(f"no features for {', '.join(unknown)}; symbols in the warehouse: {', '.join(sorted(known))}")
         where.append(f"f.symbol in ({', '.join('?' for _ in symbols)})")
-        args += [validate_symbol(s) for s in symbols]
+        args += list(symbols)
     if start is not None:
         where.append("f.ts > ?")
         args.append(start)

@@ -78,6 +78,26 @@ class FittedModel:
         return dict(zip(names, map(float, values)))
 
 
+@dataclass
+class PriorModel:
+    """The training rows' class shares for every row: what an auxiliary task gets when a fold has
+    too few labelled rows (or one class) to learn from. Recorded as model "prior" in folds.csv."""
+
+    shares: dict[float, float]
+    kind: str = "prior"
+
+    def predict_proba(self, X: np.ndarray, classes: tuple) -> np.ndarray:
+        return np.tile([self.shares.get(c, 0.0) for c in classes], (len(X), 1))
+
+    def importance(self) -> dict[str, float]:
+        return {}
+
+
+def prior_model(y: np.ndarray) -> PriorModel:
+    values, counts = np.unique(y, return_counts=True)
+    return PriorModel({float(v): c / counts.sum() for v, c in zip(values, counts)} if len(y) else {0.0: 1.0})
+
+
 def fit_model(kind: str, X: np.ndarray, y: np.ndarray, columns: list[str], *, seed: int) -> FittedModel:
     """Fit preprocessing and a classifier of family `kind` on training rows (X, y)."""
     classes = np.unique(y)

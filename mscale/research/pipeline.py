@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from mscale.backtest import BacktestResult, Rules, parse_fees, run_backtest
+from mscale.backtest import BacktestResult, Rules, parse_fees
 from mscale.backtest.market import load_prices
 from mscale.backtest.metrics import HOUR_MS, sharpe
 from mscale.config import Config
 from mscale.errors import CheckFailedError, MscaleError
-from mscale.research import compare, dataset, runs
+from mscale.research import dataset, runs
+from mscale.research.evaluate import BacktestSettings, Evaluation, evaluate, headline, summary_table, write_evaluation
 from mscale.research.labels import vol_high
-from mscale.research.models import fit_model
+from mscale.research.models import fit_model, prior_model
 from mscale.research.splits import Fold, make_splitter, parse_date_range
 from mscale.research.tuning import Tuned, tune_thresholds
 
@@ -40,7 +40,7 @@ DIRECTION = (-1.0, 0.0, 1.0)
 BINARY = (0.0, 1.0)
 TASKS = ("dir", "vol_high", "volm_up")
 TRAINING_CHECKS = {"chk_features__unique_key", "chk_labels__unique_key", "chk_features__alignment"}
-MIN_FIT_ROWS = 50
+MIN_FIT_ROWS = 200  # below this a tree with min_child_samples=100 cannot split: nothing to learn
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -57,6 +57,7 @@ class Arm:
     importance: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     tuned: list[Tuned] = field(default_factory=list)
     tuning_seconds: float = 0.0
+    models: dict[str, list[str]] = field(default_factory=dict)  # task -> family of each fit ("prior": too little to learn)
     oos: pa.Table | None = None  # every test-block prediction, sorted by (symbol, ts)
     backtest: BacktestResult | None = None
 
@@ -85,7 +86,7 @@ def run_training(cfg: Config) -> TrainingResult:
     """Train, predict, tune and backtest every fold; write and publish `_exp/<run_id>/`."""
     started = time.perf_counter()
     s = cfg.train
-    tiers, knobs = trading_settings(cfg)
+    tiers, _ = trading_settings(cfg)  # fees and knobs are checked before anything is read
     embargo = embargo_hours(cfg)
     splitter = make_splitter(
         s.split_mode, n_splits=s.n_splits, embargo_h=embargo, val_fraction=s.val_fraction,
@@ -102,13 +103,15 @@ def run_training(cfg: Config) -> TrainingResult:
     resolved = {"train": _plain(s), "labels": _plain(cfg.labels), "embargo_h": embargo, "symbols": list(ds.symbols),
                 "fees": tiers, "data_dir": str(cfg.market_dir), "warehouse": str(cfg.warehouse)}
     run_id = runs.make_run_id(resolved, now)
-    arms = train_arms(cfg, ds, plan.prices, folds, plan.arms, run_id)
-    comparison = _compare(arms, s) if len(arms) == 2 else None
+    arms, evaluation, settings = train_arms(cfg, ds, plan.prices, folds, plan.arms, run_id)
     timings = {"total_s": time.perf_counter() - started, "pull_s": plan.pull_seconds,
-               "tuning_s": sum(a.tuning_seconds for a in arms.values()), "folds": len(folds)}
-    path = _write_run(cfg, run_id, now, resolved, _fingerprint(cfg, ds), arms, comparison, plan.alignment, timings)
+               "tuning_s": sum(a.tuning_seconds for a in arms.values()), "backtest_s": evaluation.seconds,
+               "folds": len(folds)}
+    resolved["backtest"] = settings.as_dict()
+    path = _write_run(cfg, run_id, now, resolved, _fingerprint(cfg, ds), arms, evaluation, plan.prices, plan.alignment,
+                      timings)
     _refresh_views(cfg)
-    return TrainingResult(run_id, path, _summary(arms, comparison, s.tune_fee), arms, timings)
+    return TrainingResult(run_id, path, summary_table(evaluation, s.tune_fee), arms, timings)
 
 
 def trading_settings(cfg: Config) -> tuple[dict[str, float], Rules]:
@@ -132,6 +135,7 @@ def load_plan(cfg: Config) -> Plan:
         raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` (or `make features`) first")
     con = connect(cfg.warehouse, read_only=True)
     try:
+        _check_label_settings(con, cfg)
         checks = run_checks(con, cfg.sql_dir, r.params_from_config(cfg), only=TRAINING_CHECKS)
         alignment = [f"{c.name}: {'ok' if c.failing_rows == 0 else f'{c.failing_rows} offending rows, e.g. {c.sample[:2]}'}"
                      for c in checks]
@@ -158,9 +162,28 @@ def load_plan(cfg: Config) -> Plan:
     return Plan(ds, prices, arms, alignment, pull_seconds)
 
 
+def _check_label_settings(con, cfg: Config) -> None:
+    """The labels view was rendered by `mscale features` with the [labels] settings of that time:
+    refuse to train (and record) other settings than the ones the labels were built with."""
+    import json
+
+    from mscale.warehouse.build import label_settings
+
+    try:
+        built = json.loads(con.execute("select labels from build_info").fetchone()[0])
+    except Exception:
+        raise MscaleError("the warehouse does not say which [labels] settings built it: run `mscale features`") from None
+    wanted = label_settings(cfg)
+    changed = sorted(k for k in wanted if built.get(k) != wanted[k])
+    if changed:
+        detail = ", ".join(f"{k} {built.get(k)!r} -> {wanted[k]!r}" for k in changed)
+        raise MscaleError(f"the labels view was built with other [labels] settings ({detail}): run `mscale features` first")
+
+
 def train_arms(cfg: Config, ds: dataset.Dataset, prices: pa.Table, folds: list[Fold], arms: dict[str, list[str]],
-               run_id: str) -> dict[str, Arm]:
-    """Every arm over every fold, then each arm's out-of-sample backtest with its tuned thresholds.
+               run_id: str) -> tuple[dict[str, Arm], Evaluation, BacktestSettings]:
+    """Every arm over every fold, then the backtest step on all arms' out-of-sample predictions
+    with their tuned thresholds (DSR trials: the median combinations per tuning).
 
     Pure with respect to I/O: everything comes in as arguments, so tests can change the data."""
     from threadpoolctl import threadpool_limits
@@ -182,8 +205,8 @@ def train_arms(cfg: Config, ds: dataset.Dataset, prices: pa.Table, folds: list[F
             arm = results[name] = Arm(name, columns)
             X = ds.subset(columns)
             planned = [_plan_unit(cfg, ds, fold, unit) for fold in folds for unit in units]
-            queued = [{task: pool.submit(_fit, s.model, X, rows, labels, columns, s.seed)
-                       for task, (rows, labels) in plan.jobs.items()} for plan in planned]
+            queued = [{task: pool.submit(_fit, s.model if learnable else "prior", X, rows, labels, columns, s.seed)
+                       for task, (rows, labels, learnable) in plan.jobs.items()} for plan in planned]
             for plan, futures in zip(planned, queued):
                 bar.set_postfix_str(f"{name} fold {plan.fold.index + 1}/{len(folds)} {plan.tokens}")
                 fitted = {}
@@ -191,14 +214,25 @@ def train_arms(cfg: Config, ds: dataset.Dataset, prices: pa.Table, folds: list[F
                     fitted[task] = future.result()
                     bar.update(1)
                 _finish_unit(cfg, ds, X, plan, fitted, arm, prices, knobs, tiers, run_id)
+    tuned = [t for arm in results.values() for t in arm.tuned]
+    # Deflating the OOS Sharpe: the trials' Sharpe variance was measured on validation slices; its
+    # estimation-noise part shrinks with sample length, so it is rescaled to each token's OOS hours.
+    oos_hours = len(np.concatenate([f.test for f in folds])) / max(len(ds.symbols), 1)
+    settings = BacktestSettings(
+        tiers=tiers, rules=knobs, fill=s.fill, slippage=_slippage(s.slippage), tune_fee=s.tune_fee,
+        trials=int(np.median([t.n_configs for t in tuned])),
+        trials_sharpe_var=float(np.nanmedian([t.sharpe_var * t.val_rows / oos_hours for t in tuned])),
+        block_h=s.block_h, seed=s.seed,
+    )
     for arm in results.values():
         arm.oos = pa.concat_tables(arm.parts).sort_by([("symbol", "ascending"), ("ts", "ascending")])
-        trials = int(np.median([t.n_configs for t in arm.tuned]))
-        variance = float(np.nanmedian([t.sharpe_var for t in arm.tuned]))
-        arm.backtest = run_backtest(arm.oos, prices, rules=knobs, fees=tiers, fill=s.fill, slippage=_slippage(s.slippage),
-                                    trials=trials, trials_sharpe_var=variance)
+    started = time.perf_counter()
+    evaluation = evaluate({name: arm.oos for name, arm in results.items()}, prices, settings)
+    evaluation.seconds = time.perf_counter() - started
+    for name, arm in results.items():
+        arm.backtest = evaluation.backtests[name]
         _fold_trading(arm, tiers)
-    return results
+    return results, evaluation, settings
 
 
 def embargo_hours(cfg: Config) -> int:
@@ -270,7 +304,7 @@ class Unit:
     val: np.ndarray
     test: np.ndarray
     targets: dict[str, np.ndarray]
-    jobs: dict[str, tuple[np.ndarray, np.ndarray]]  # task -> (fit rows with that label, labels to learn)
+    jobs: dict[str, tuple[np.ndarray, np.ndarray, bool]]  # task -> (labelled fit rows, labels to learn, learnable)
 
 
 def _plan_unit(cfg: Config, ds: dataset.Dataset, fold: Fold, members: list[int]) -> Unit:
@@ -289,18 +323,22 @@ def _plan_unit(cfg: Config, ds: dataset.Dataset, fold: Fold, members: list[int])
     }
     rng = np.random.default_rng([s.seed, fold.index, members[0]])
     jobs = {}
-    for task in TASKS:
+    for task in TASKS if s.aux else ("dir",):
         y = targets[task]
         rows = fit[np.isfinite(y[fit])]
-        if len(rows) < MIN_FIT_ROWS:
-            raise MscaleError(f"fold {fold.index}: only {len(rows)} fit rows of {tokens} have a {task} label "
-                              f"(at least {MIN_FIT_ROWS} needed): use fewer splits or more data")
-        jobs[task] = (rows, rng.permutation(y[rows]) if s.shuffle_labels else y[rows])
+        labels = rng.permutation(y[rows]) if s.shuffle_labels else y[rows]
+        learnable = len(rows) >= MIN_FIT_ROWS and len(np.unique(labels)) > 1
+        if task == "dir" and not learnable:
+            raise MscaleError(f"fold {fold.index}: {len(rows)} fit rows of {tokens} have a direction label "
+                              f"({len(np.unique(labels))} classes; at least {MIN_FIT_ROWS} rows and two classes needed): "
+                              "use fewer splits or more data")
+        # an auxiliary task without enough to learn from predicts its training share (model "prior")
+        jobs[task] = (rows, labels, learnable)
     return Unit(fold, members, tokens, fit, val, test, targets, jobs)
 
 
 def _fit(kind: str, X: np.ndarray, rows: np.ndarray, labels: np.ndarray, columns: list[str], seed: int):
-    return fit_model(kind, X[rows], labels, columns, seed=seed)
+    return prior_model(labels) if kind == "prior" else fit_model(kind, X[rows], labels, columns, seed=seed)
 
 
 def _finish_unit(cfg: Config, ds: dataset.Dataset, X: np.ndarray, unit: Unit, fitted: dict, arm: Arm,
@@ -313,6 +351,7 @@ def _finish_unit(cfg: Config, ds: dataset.Dataset, X: np.ndarray, unit: Unit, fi
     proba: dict[str, np.ndarray] = {}
     for task, model in fitted.items():
         proba[task] = model.predict_proba(X[rows], DIRECTION if task == "dir" else BINARY)
+        arm.models.setdefault(task, []).append(model.kind)
         for feature, value in model.importance().items():
             arm.importance.setdefault((task, feature), []).append(value)
 
@@ -321,20 +360,23 @@ def _finish_unit(cfg: Config, ds: dataset.Dataset, X: np.ndarray, unit: Unit, fi
     direction = proba["dir"]
     for j, name in enumerate(("p_down", "p_flat", "p_up")):
         table = table.append_column(name, pa.array(direction[:, j]))
-    table = table.append_column("p_vol_high", pa.array(proba["vol_high"][:, 1]))
-    table = table.append_column("p_volm_up", pa.array(proba["volm_up"][:, 1]))
+    for task, column in (("vol_high", "p_vol_high"), ("volm_up", "p_volm_up")):
+        if task in proba:  # without auxiliary models (aux = false) the columns are absent
+            table = table.append_column(column, pa.array(proba[task][:, 1]))
 
     tuning_started = time.perf_counter()
     thresholds = {name: np.empty(len(test)) for name in ("theta_long", "theta_short", "theta_vol", "theta_volm")}
     for c in unit.members:
         mine = ds.code[val] == c
         tuned = tune_thresholds(table.slice(0, n_val).filter(pa.array(mine)), prices, rules=knobs,
-                                fee_bps=tiers[s.tune_fee], fill=s.fill, min_trades=s.min_trades)
+                                fee_bps=tiers[s.tune_fee], fill=s.fill, slippage=_slippage(s.slippage),
+                                min_trades=s.min_trades)
         arm.tuned.append(tuned)
         on_test = ds.code[test] == c
         for name in thresholds:
             thresholds[name][on_test] = getattr(tuned, name)
-        arm.folds.append(_fold_row(ds, fold, c, unit.fit, val, test, targets, proba, n_val, tuned, arm.feature_set))
+        kinds = {task: model.kind for task, model in fitted.items()}
+        arm.folds.append(_fold_row(ds, fold, c, unit.fit, val, test, targets, proba, kinds, n_val, tuned, arm.feature_set))
     arm.tuning_seconds += time.perf_counter() - tuning_started
 
     oos = table.slice(n_val)
@@ -359,7 +401,7 @@ def _vol_high(ds: dataset.Dataset, fit: np.ndarray, unit: list[int], vol_window:
     return out
 
 
-def _fold_row(ds, fold, c, fit, val, test, targets, proba, n_val, tuned: Tuned, feature_set: str) -> dict:
+def _fold_row(ds, fold, c, fit, val, test, targets, proba, kinds, n_val, tuned: Tuned, feature_set: str) -> dict:
     """folds.csv: one row per fold and token."""
     from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
@@ -375,7 +417,7 @@ def _fold_row(ds, fold, c, fit, val, test, targets, proba, n_val, tuned: Tuned, 
         "val_end": _iso(int(ds.ts_ms[mine_val].max())) if len(mine_val) else None,
         "test_start": _iso(int(ds.ts_ms[mine_test].min())), "test_end": _iso(int(ds.ts_ms[mine_test].max())),
         "fit_rows": len(mine_fit), "val_rows": len(mine_val), "test_rows": len(mine_test),
-        "purged_fit": fold.purged_fit, "purged_val": fold.purged_val,
+        "fold_purged_fit": fold.purged_fit, "fold_purged_val": fold.purged_val,  # all tokens of the fold
     }
     fit_dir = targets["dir"][mine_fit]
     for value, name in zip(DIRECTION, ("share_down", "share_flat", "share_up")):
@@ -391,10 +433,13 @@ def _fold_row(ds, fold, c, fit, val, test, targets, proba, n_val, tuned: Tuned, 
     for task in ("vol_high", "volm_up"):
         yt = targets[task][mine_test]
         ok = np.isfinite(yt)
-        both = ok.any() and len(np.unique(yt[ok])) == 2
+        both = task in proba and ok.any() and len(np.unique(yt[ok])) == 2
         row[f"auc_{task}"] = float(roc_auc_score(yt[ok], proba[task][at][ok][:, 1])) if both else math.nan
         row[f"rate_{task}"] = float(np.mean(yt[ok])) if ok.any() else math.nan
-    row.update({k: v for k, v in tuned.as_dict().items()})
+    for task in ("vol_high", "volm_up"):
+        row[f"model_{task}"] = kinds.get(task, "none")
+    row.update(tuned.as_dict())
+    row["val_psr"], row["val_dsr"] = tuned.deflated()
     return row
 
 
@@ -426,23 +471,6 @@ def _ms(text: str) -> int:
     return int(datetime.strptime(text, "%Y-%m-%d %H:%MZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def _compare(arms: dict[str, Arm], s) -> dict:
-    """multiscale − hourly, per token and pooled, at the tuning tier, with paired block-bootstrap intervals."""
-    tier = s.tune_fee
-    a, b = arms["multiscale"].backtest, arms["hourly"].backtest
-    out = {"tier": tier, "block_h": s.block_h, "difference": "multiscale - hourly", "tokens": {}}
-    sym_a = a.pnl.column("symbol").cast(pa.string())
-    sym_b = b.pnl.column("symbol").cast(pa.string())
-    for symbol in sorted(set(sym_a.to_pylist())):
-        ra = a.pnl.filter(pc.equal(sym_a, symbol)).column(f"ret_net_{tier}").to_numpy()
-        rb = b.pnl.filter(pc.equal(sym_b, symbol)).column(f"ret_net_{tier}").to_numpy()
-        out["tokens"][symbol] = compare.paired_block_bootstrap(ra, rb, block_h=s.block_h, seed=s.seed).as_dict()
-    out["pooled"] = compare.paired_block_bootstrap(a.pooled.column(f"ret_net_{tier}").to_numpy(),
-                                                   b.pooled.column(f"ret_net_{tier}").to_numpy(),
-                                                   block_h=s.block_h, seed=s.seed).as_dict()
-    return out
-
-
 def _fingerprint(cfg: Config, ds: dataset.Dataset) -> dict:
     from mscale.store import list_shards
 
@@ -452,29 +480,34 @@ def _fingerprint(cfg: Config, ds: dataset.Dataset) -> dict:
             "last_ts": _iso(int(ds.ts_ms.max())), "shards": len(shards), "shard_hash": runs.shard_fingerprint(shards)}
 
 
-def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], comparison, alignment, timings):
+def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], evaluation: Evaluation, prices: pa.Table,
+               alignment, timings):
+    """Every file of CONTRACT §10, then the charts and the report, then publish."""
+    from mscale.report import build_report, flat_row
+    from mscale.report.html import write_report
+
     folder = runs.RunFolder(cfg.runs_dir, run_id)
     try:
         folder.json("config.json", {"run_id": run_id, "created_at": now, "config": resolved, "data": fingerprint,
                                     "git_commit": runs.git_commit(cfg.project_root)})
+        folder.json("ingestion.json", [flat_row(rep) for rep in build_report(cfg, fingerprint["symbols"])])
         metrics: dict[str, Any] = {"run_id": run_id, "tune_fee": cfg.train.tune_fee, "timings": timings, "arms": {}}
         for name, arm in arms.items():
-            bt = arm.backtest
-            metrics["arms"][name] = {"backtest": bt.metrics.to_pylist(), "columns": len(arm.columns),
+            metrics["arms"][name] = {"backtest": arm.backtest.metrics.to_pylist(), "columns": len(arm.columns),
                                      "models": _model_quality(arm), "tuning": _tuning_summary(arm)}
-            folder.parquet(f"pnl/{name}/tokens.parquet", bt.pnl)
-            folder.parquet(f"pnl/{name}/pooled.parquet", bt.pooled)
-        if comparison:
-            metrics["comparison"] = comparison
+        if evaluation.comparison:
+            metrics["comparison"] = evaluation.comparison
         folder.json("metrics.json", metrics)
+        write_evaluation(folder, evaluation)
         folder.csv("folds.csv", pa.Table.from_pylist([row for arm in arms.values() for row in arm.folds]))
         folder.parquet(runs.PREDICTIONS, pa.concat_tables([arm.oos for arm in arms.values()]))
-        folder.parquet("trades.parquet", pa.concat_tables([
-            arm.backtest.trades.append_column("feature_set", pa.array([name] * arm.backtest.trades.num_rows))
-            for name, arm in arms.items()]))
+        folder.parquet(runs.PRICES, prices)  # what a backtest re-run needs, so it never reads the warehouse
         folder.text("alignment.log", "\n".join(alignment) + "\n")
         folder.csv("importance.csv", _importance(arms))
-        folder.parquet(runs.SUMMARY, _summary_row(cfg, run_id, now, fingerprint, arms, comparison))
+        folder.parquet(runs.SUMMARY, _summary_row(cfg, run_id, now, fingerprint, arms, evaluation.comparison))
+        started = time.perf_counter()
+        write_report(folder.path)
+        timings["report_s"] = time.perf_counter() - started
         return folder.publish()
     except BaseException:
         folder.discard()
@@ -482,8 +515,13 @@ def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], co
 
 
 def _model_quality(arm: Arm) -> dict:
+    """Means over the folds and tokens (NaN where a metric never applied, e.g. AUCs without aux models)."""
     keys = ("accuracy", "majority_rate", "macro_f1", "log_loss", "brier", "auc_vol_high", "auc_volm_up")
-    return {k: float(np.nanmean([row[k] for row in arm.folds])) for k in keys}
+    out = {}
+    for k in keys:
+        values = np.array([row[k] for row in arm.folds], dtype=float)
+        out[k] = float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else math.nan
+    return out
 
 
 def _tuning_summary(arm: Arm) -> dict:
@@ -505,14 +543,6 @@ def _importance(arms: dict[str, Arm]) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def _headline(arm: Arm, tier: str) -> dict[str, float]:
-    m = arm.backtest.metric
-    return {"pooled_net_sharpe": m("sharpe", tier=tier), "pooled_net_return": m("total_return", tier=tier),
-            "pooled_gross_sharpe": m("sharpe", tier=tier) + m("fee_drag_sharpe", tier=tier),
-            "pooled_bh_sharpe": m("sharpe", strategy="buy_hold", tier=tier), "pooled_psr": m("psr", tier=tier),
-            "pooled_dsr": m("dsr", tier=tier), "pooled_trades_per_day": m("trades_per_day", tier=tier)}
-
-
 def _summary_row(cfg, run_id, now, fingerprint, arms: dict[str, Arm], comparison) -> pa.Table:
     s = cfg.train
     main = arms.get("multiscale") or next(iter(arms.values()))
@@ -521,7 +551,7 @@ def _summary_row(cfg, run_id, now, fingerprint, arms: dict[str, Arm], comparison
         "run_id": run_id, "created_at": now, "model": s.model, "feature_set": ",".join(arms), "split_mode": s.split_mode,
         "n_splits": s.n_splits, "fit": s.fit, "symbols": ",".join(fingerprint["symbols"]), "tune_fee": s.tune_fee,
         "fill": s.fill, "filter": s.filter, "shuffle_labels": s.shuffle_labels, "first_ts": fingerprint["first_ts"],
-        "last_ts": fingerprint["last_ts"], **_headline(main, s.tune_fee),
+        "last_ts": fingerprint["last_ts"], **headline(main.backtest, s.tune_fee),
         "dir_accuracy": quality["accuracy"], "dir_majority_rate": quality["majority_rate"],
         "auc_vol_high": quality["auc_vol_high"], "auc_volm_up": quality["auc_volm_up"],
     }
@@ -546,38 +576,3 @@ def _refresh_views(cfg: Config) -> None:
         runs.create_run_views(con, cfg.runs_dir)
     finally:
         con.close()
-
-
-def _summary(arms: dict[str, Arm], comparison: dict | None, tier: str) -> str:
-    lines = [f"out-of-sample, net of {tier} fees (Sharpe annualised; buy-and-hold beside):"]
-    header = f"  {'arm':<11} {'symbol':<10} {'net Sharpe':>10} {'gross':>7} {'B&H':>7} {'trades/d':>9} {'DSR':>6} {'AUC vol':>8}"
-    lines.append(header)
-    for name, arm in arms.items():
-        m = arm.backtest.metric
-        symbols = sorted({row["symbol"] for row in arm.folds}) + ["pooled"]
-        auc = _model_quality(arm)["auc_vol_high"]
-        for sym in symbols:
-            lines.append(
-                f"  {name:<11} {sym:<10} {m('sharpe', symbol=sym, tier=tier):>10.2f} "
-                f"{m('sharpe', symbol=sym, tier=tier) + m('fee_drag_sharpe', symbol=sym, tier=tier):>7.2f} "
-                f"{m('sharpe', symbol=sym, strategy='buy_hold', tier=tier):>7.2f} {m('trades_per_day', symbol=sym, tier=tier):>9.2f} "
-                f"{m('dsr', symbol=sym, tier=tier):>6.2f} {auc:>8.3f}"
-            )
-    if comparison:
-        lines.append(f"multiscale - hourly, net Sharpe at {tier}, paired block bootstrap ({comparison['block_h']} h blocks):")
-        for symbol, c in [*comparison["tokens"].items(), ("pooled", comparison["pooled"])]:
-            interval = "no interval" if math.isnan(c["low"]) else f"95% interval {c['low']:+.2f}..{c['high']:+.2f}"
-            lines.append(f"  {symbol:<10} {c['difference']:+.2f}  {interval}{'  significant' if c['significant'] else ''}")
-        lines.append(verdict(comparison))
-    return "\n".join(lines)
-
-
-def verdict(comparison: dict) -> str:
-    """A plain-language line from the comparison's numbers."""
-    tokens = comparison["tokens"]
-    better = sum(1 for c in tokens.values() if c["difference"] > 0)
-    p = comparison["pooled"]
-    interval = "no interval (too few hours)" if math.isnan(p["low"]) else f"95% interval {p['low']:+.2f}..{p['high']:+.2f}"
-    status = "significant" if p["significant"] else "not significant"
-    return (f"multiscale beats hourly on {better} of {len(tokens)} tokens; pooled difference {p['difference']:+.2f} Sharpe, "
-            f"{interval}: {status}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from mscale.warehouse.render import sql_string
 
 SUMMARY = "summary.parquet"  # one row: what the `runs` view shows
 PREDICTIONS = "predictions.parquet"
+PRICES = "prices.parquet"  # the fills-view rows the run's backtest used
 
 
 def make_run_id(config: dict[str, Any], now: datetime) -> str:
@@ -74,7 +76,8 @@ class RunFolder:
         return path
 
     def json(self, name: str, obj: Any) -> None:
-        self.file(name).write_text(json.dumps(obj, indent=1, sort_keys=False, default=_jsonable) + "\n")
+        """Strict JSON: NaN and infinities are written as null."""
+        self.file(name).write_text(json.dumps(_finite(obj), indent=1, sort_keys=False, default=_jsonable, allow_nan=False) + "\n")
 
     def parquet(self, name: str, table: pa.Table) -> None:
         pq.write_table(table, self.file(name))
@@ -87,10 +90,30 @@ class RunFolder:
 
     def publish(self) -> Path:
         os.replace(self.path, self.final)
+        self._tidy()
         return self.final
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        self._tidy()
+
+    def _tidy(self) -> None:
+        try:
+            self.path.parent.rmdir()  # the .tmp folder, when no other run is being written
+        except OSError:
+            pass
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
+        return _finite(obj.item())
+    return obj
 
 
 def _jsonable(value: Any) -> Any:

@@ -193,6 +193,17 @@ def check_stored_order(con: duckdb.DuckDBPyConnection, cache_glob: str) -> Check
     return CheckResult("chk_features__increasing", len(rows), [dict(zip(columns, row)) for row in rows[:10]])
 
 
+def label_settings(cfg: Config) -> dict:
+    """The [labels] settings as plain JSON values (what the labels view was rendered with)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.labels.__dict__.items()}
+
+
+def store_build_info(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
+    """`build_info`: the settings the views were rendered with, so training can refuse a stale warehouse."""
+    con.execute("create or replace table build_info (labels varchar, built_at timestamptz)")
+    con.execute("insert into build_info values (?, ?)", [json.dumps(label_settings(cfg), sort_keys=True), datetime.now(timezone.utc)])
+
+
 def store_check_results(con: duckdb.DuckDBPyConnection, results: list[CheckResult]) -> None:
     con.execute(
         "create or replace table check_results (check_name varchar, failing_rows bigint, sample varchar, checked_at timestamptz)"
@@ -381,6 +392,7 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
     con = connect(cfg.warehouse, cfg=cfg)
     try:
         create_views(con, cfg.sql_dir, params, mart_cache=cache)
+        store_build_info(con, cfg)
         from mscale.research.runs import create_run_views
 
         create_run_views(con, cfg.runs_dir)
