@@ -113,6 +113,11 @@ def run_bench(cfg: Config, what: str = "all", *, quick: bool = False) -> None:
 
         print("train:")
         bench_train.run(quick=quick)
+    if what in ("all", "demo"):
+        from mscale import bench_demo
+
+        print("demo:")
+        bench_demo.run(quick=quick)
     if what in ("all", "features"):
         from mscale import bench_features
 

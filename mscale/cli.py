@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks (ingest, backtest, features)")
     _common(p)
-    p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "backtest", "train", "features"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "backtest", "train", "demo", "features"])
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
 
     return parser

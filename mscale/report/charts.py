@@ -10,16 +10,12 @@ from __future__ import annotations
 from datetime import timezone
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.dates as mdates
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 DPI = 90
 TIER_COLORS = ("#1f77b4", "#d62728", "#9467bd", "#2ca02c", "#ff7f0e", "#8c564b")
@@ -46,10 +42,16 @@ def _time_axis(ax) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def _figure(rows: int, cols: int, figsize: tuple[float, float], **kwargs):
+    """A figure on the Agg canvas, without pyplot's global state (safe in workers and threads)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
 def save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
@@ -63,7 +65,7 @@ def two_panel(pnl: pa.Table, trades: pa.Table, tiers: list[str], test_spans: lis
 
     `pnl` is one token's per-bar table or the pooled table (equity at period_end); `trades` the
     trades behind it; `fee_drag` the total-return drag per tier, annotated in the top panel."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (top, bottom) = _figure(2, 1, figsize=(10, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     fig.subplots_adjust(left=0.08, right=0.98, top=0.95, bottom=0.08, hspace=0.25)
     when = _dates(pnl.column("period_end"))
     for j, tier in enumerate(tiers):
@@ -75,7 +77,7 @@ def two_panel(pnl: pa.Table, trades: pa.Table, tiers: list[str], test_spans: lis
         top.text(_instant(start), 1.0, f" fold {k}", transform=top.get_xaxis_transform(), fontsize=7, va="top", color="0.35")
     top.set_title(f"{title}: equity per fee tier")
     top.set_ylabel("equity (start = 1)")
-    top.legend(loc="upper left", fontsize=8, ncol=2)
+    top.legend(loc="lower left", fontsize=8, ncol=2, framealpha=0.85)
     drag = ", ".join(f"{tier} {value:+.1%}" for tier, value in fee_drag.items())
     top.text(0.99, 0.02, f"fee drag on total return: {drag}", transform=top.transAxes, ha="right", va="bottom",
              fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
@@ -95,7 +97,7 @@ def two_panel(pnl: pa.Table, trades: pa.Table, tiers: list[str], test_spans: lis
 
 def fee_curve(curve: pa.Table, *, title: str) -> Figure:
     """Net Sharpe and net total return against the fee per side (0-10 bps), per token and pooled."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = _figure(1, 2, figsize=(10, 3.8))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.14, wspace=0.25)
     symbols = sorted(set(curve.column("symbol").to_pylist()) - {"pooled"}) + ["pooled"]
     for symbol in symbols:
@@ -129,7 +131,7 @@ def vol_high_rate(predictions: pa.Table, *, title: str, window_h: int = 168) -> 
     realised = np.bincount(inverse[known], weights=y[known], minlength=len(hours)) / np.maximum(
         np.bincount(inverse[known], minlength=len(hours)), 1)
     when = (hours * 3600).astype("datetime64[s]")
-    fig, ax = plt.subplots(figsize=(10, 3.4))
+    fig, ax = _figure(1, 1, figsize=(10, 3.4))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.12)
     ax.plot(when, _trailing_mean(p, window_h), label="predicted: mean P(vol_high)", color="#d62728")
     ax.plot(when, _trailing_mean(realised, window_h), label="realised: share of vol_high hours", color="0.3")
@@ -153,7 +155,7 @@ def comparison(comparison: dict, sharpes: dict[str, dict[str, float]]) -> Figure
     names = [*comparison["tokens"], "pooled"]
     stats = [*comparison["tokens"].values(), comparison["pooled"]]
     x = np.arange(len(names))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = _figure(1, 2, figsize=(10, 3.8))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.1, wspace=0.25)
     for offset, arm, color in ((-0.15, "hourly", "#7f7f7f"), (0.15, "multiscale", "#1f77b4")):
         left.bar(x + offset, [sharpes[arm][n] for n in names], width=0.3, label=arm, color=color)
@@ -178,7 +180,7 @@ def comparison(comparison: dict, sharpes: dict[str, dict[str, float]]) -> Figure
 
 def drawdown(pooled: pa.Table, tiers: list[str], *, title: str) -> Figure:
     """The pooled portfolio's drawdown from its running peak, per fee tier."""
-    fig, ax = plt.subplots(figsize=(10, 3.2))
+    fig, ax = _figure(1, 1, figsize=(10, 3.2))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.12)
     when = _dates(pooled.column("period_end"))
     for j, tier in enumerate(tiers):
@@ -194,7 +196,7 @@ def drawdown(pooled: pa.Table, tiers: list[str], *, title: str) -> Figure:
 
 def equity_at_tier(pnl: pa.Table, pooled: pa.Table, tier: str, *, title: str) -> Figure:
     """Every token's and the pool's equity at one fee tier (the per-tier artifact)."""
-    fig, ax = plt.subplots(figsize=(10, 3.6))
+    fig, ax = _figure(1, 1, figsize=(10, 3.6))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.12)
     symbols = pnl.column("symbol").cast(pa.string())
     for symbol in sorted(set(symbols.to_pylist())):

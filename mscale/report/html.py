@@ -38,7 +38,7 @@ METRIC_COLUMNS = (
 FOLD_COLUMNS = ("feature_set", "fold", "symbol", "test_start", "test_end", "fit_rows", "purged_fit", "purged_val",
                 "share_down", "share_flat", "share_up", "accuracy", "majority_rate", "log_loss", "auc_vol_high",
                 "auc_volm_up", "theta_long", "theta_short", "theta_vol", "trades_per_day", "avg_hold_h")
-SECTIONS = ("verdict", "config", "data", "metrics", "charts", "folds", "importance", "comparison")
+SECTIONS = ("verdict", "charts", "comparison", "metrics", "folds", "importance", "data", "config")  # page order
 
 
 def fmt(value: Any, kind: str = "num") -> str:

@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -138,7 +137,7 @@ _EMPTY_PREDICTIONS = """select null::varchar as run_id, null::varchar as symbol,
     null::varchar as feature_set, null::integer as fold where false"""
 
 
-def create_run_views(con: duckdb.DuckDBPyConnection, exp_dir: Path) -> None:
+def create_run_views(con, exp_dir: Path) -> None:
     """`runs` (one row per run) and `run_predictions` (every run's OOS predictions) over
     `<exp_dir>/*/`. Both read the files in place, so a new run shows up without recreating them
     as long as one run existed when they were created; with none yet they are empty."""
