@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbols", nargs="+", help="symbols to sample (default: up to 2)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("bench", help="benchmarks (ingest, backtest, features)")
+    p = sub.add_parser("bench", help="benchmarks (ingest, backtest, train, demo, features)")
     _common(p)
     p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "backtest", "train", "demo", "features"])
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
@@ -254,8 +254,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet = args.quiet or args.command == "demo"  # the demo prints one line per step itself
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+        level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -32,22 +32,43 @@ def single_run(demo_warehouse) -> Path:
 
 
 class _Page(HTMLParser):
+    """Ids, image sources, links, and the header / cell texts of every section."""
+
     def __init__(self):
         super().__init__()
         self.ids, self.images, self.links, self.text = set(), [], [], []
+        self.section, self.cell = None, None
+        self.headers: dict[str, list[str]] = {}
+        self.cells: dict[str, list[str]] = {}
+        self.rows: dict[str, int] = {}
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if "id" in attrs:
             self.ids.add(attrs["id"])
+        if tag == "section":
+            self.section = attrs.get("id")
+        if tag in ("th", "td"):
+            self.cell = (tag, [])
+        if tag == "tr" and self.section:
+            self.rows[self.section] = self.rows.get(self.section, 0) + 1
         if tag == "img":
             self.images.append(attrs.get("src", ""))
         for key in ("src", "href"):
             if key in attrs:
                 self.links.append(attrs[key])
 
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self.cell:
+            kind, parts = self.cell
+            target = self.headers if kind == "th" else self.cells
+            target.setdefault(self.section, []).append("".join(parts).strip())
+            self.cell = None
+
     def handle_data(self, data):
         self.text.append(data)
+        if self.cell:
+            self.cell[1].append(data)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -72,7 +93,14 @@ def test_the_report_is_self_contained_and_has_every_section(which, request):
         assert width >= 600 and height >= 250
     assert not [link for link in page.links if link.lower().startswith(("http://", "https://", "//"))]
     text = " ".join(page.text)
-    assert "pooled" in text and "buy and hold" in text and "PSR" in text and "DSR" in text
+    assert {"symbol", "strategy", "total return", "Sharpe", "max DD", "fee drag", "PSR", "DSR"} <= set(page.headers["metrics"])
+    assert "buy and hold" in page.cells["metrics"] and "pooled" in page.cells["metrics"]
+    assert {"test_start", "fold_purged_fit", "share_flat", "accuracy", "log_loss", "auc_vol_high", "theta_long",
+            "theta_volm", "trades_per_day", "avg_hold_h", "net_sharpe_VIP9"} <= set(page.headers["folds"])
+    assert {"BTCUSDT", "ETHUSDT"} <= set(page.cells["data"]) and "% missing" in page.headers["data"]
+    assert "synthetic" in page.cells["data"]  # the ingestion summary's sources column
+    importance_rows = page.rows["importance"]
+    assert 2 < importance_rows <= 3 * 22  # at most 20 features per task, with two header rows each
     charts_made = {p.stem for p in (run / "charts").glob("*.png")}
     assert {"fee_curve", "drawdown", "equity_tier_VIP9", "equity_multiscale_pooled"} <= charts_made
     if which == "compare_run":
@@ -86,15 +114,28 @@ def test_the_report_is_self_contained_and_has_every_section(which, request):
 
 
 def test_the_two_panel_figure_and_the_per_tier_artifacts(compare_run):
+    import matplotlib.dates as mdates
+
     pnl = pq.read_table(compare_run / "pnl/multiscale/tokens.parquet")
-    btc = charts.for_symbol(pnl, "BTCUSDT")
     trades = pq.read_table(compare_run / "trades.parquet")
-    fig = charts.two_panel(btc, charts.for_symbol(trades, "BTCUSDT"), ["gross", "VIP9", "VIP4"],
-                           [("2024-02-01 00:00Z", "2024-03-01 00:00Z")], title="BTCUSDT", fee_drag={"VIP9": -0.05})
+    spans = [("2024-02-01 00:00Z", "2024-03-01 00:00Z"), ("2024-03-01 01:00Z", "2024-04-01 00:00Z")]
+    fig = charts.two_panel(charts.frame(pnl, "BTCUSDT"), charts.frame(trades, "BTCUSDT"), ["gross", "VIP9", "VIP4"],
+                           spans, title="BTCUSDT", fee_drag={"VIP9": 0.05, "VIP4": 0.12})
     top, bottom = fig.axes
     assert top.get_title() == "BTCUSDT: equity per fee tier"
     assert bottom.get_title() == "trades per day (entries, UTC days)"
+    assert top.get_ylabel() == "equity (start = 1)" and bottom.get_ylabel() == "trades"
     assert [line.get_label() for line in top.get_lines()] == ["net of gross", "net of VIP9", "net of VIP4", "buy and hold"]
+    assert len(top.patches) == len(spans)  # one shaded block per fold
+    assert "total return lost to costs: VIP9 5.0%, VIP4 12.0%" in [t.get_text() for t in top.texts]
+    assert isinstance(top.xaxis.get_major_formatter(), mdates.ConciseDateFormatter)  # dates on the x axis
+    assert bottom.patches  # trades per day were drawn
+    curve = charts.fee_curve(charts.frame(pq.read_table(compare_run / "fee_curve.parquet")), title="x",
+                             marked={"VIP9": 2.0, "VIP4": 5.4})
+    for ax in curve.axes:
+        verticals = {line.get_xdata()[0] for line in ax.get_lines() if len(set(line.get_xdata())) == 1}
+        assert {2.0, 5.4} <= verticals
+        assert ax.get_xlabel() == "fee per side (bps)"
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     assert _png_size(buffer.getvalue()) == (1000, 620)
@@ -128,7 +169,10 @@ def test_backtest_rerun_reproduces_the_run_and_writes_other_knobs_beside_it(comp
     pnl = pq.read_table(other / "pnl/multiscale/tokens.parquet")
     assert "ret_net_taker" in pnl.column_names and pc.min(pnl.column("position")).as_py() >= 0
     assert _png_size((other / "charts" / "fee_curve.png").read_bytes())[0] > 0
-    assert "taker" in _page(other / "report.html").text.__str__()
+    assert "ret_net_VIP9" in pnl.column_names  # the tier thresholds were tuned at stays the headline
+    other_page = _page(other / "report.html")
+    assert "taker" in " ".join(other_page.text) and "net_sharpe_VIP9" not in other_page.headers["folds"]
+    assert "at VIP9" in capsys.readouterr().out
     assert _digest(compare_run) == before  # the run itself is untouched
 
 
@@ -139,6 +183,11 @@ def test_backtest_rerun_errors_are_one_line(compare_run, tmp_path, capsys):
     assert "min_hold must be a whole number >= 0, got -1" in capsys.readouterr().err
     assert mscale(["backtest", "--run", str(compare_run), "--quiet", "--fill", "twap_7m"]) == 2
     assert "fill mode 'twap_7m' needs minute fill prices" in capsys.readouterr().err
+
+
+def test_demo_command_refuses_too_short_a_market(capsys):
+    assert mscale(["demo", "--months", "2", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --months must be at least 3 for walk-forward folds, got 2"
 
 
 def test_make_demo_steps_on_a_small_market(tmp_path):

@@ -174,16 +174,21 @@ def test_dates_mode_runs_on_explicit_ranges(demo_warehouse):
     assert "fold 0: fit 2024-01-01" in log
 
 
-def test_a_failing_warehouse_is_refused(demo_warehouse, tmp_path):
+def _with_view(root: Path, tmp: Path, view: str, definition: str) -> Path:
+    """A copy of root's warehouse where `view` is redefined; `{body}` in `definition` is its old query."""
     import shutil
 
-    wh = tmp_path / "w.duckdb"
-    shutil.copy(demo_warehouse / "w.duckdb", wh)
+    wh = tmp / "w.duckdb"
+    shutil.copy(root / "w.duckdb", wh)
     con = duckdb.connect(str(wh))
-    sql = con.execute("select sql from duckdb_views() where view_name = 'features'").fetchone()[0]
-    body = sql.split(" AS ", 1)[1].rstrip(";")
-    con.execute(f"create or replace view features as select * from ({body}) union all (select * from ({body}) limit 10)")
+    body = con.execute("select sql from duckdb_views() where view_name = ?", [view]).fetchone()[0].split(" AS ", 1)[1].rstrip(";")
+    con.execute(f"create or replace view {view} as " + definition.format(body=body))
     con.close()
+    return wh
+
+
+def test_a_failing_warehouse_is_refused(demo_warehouse, tmp_path):
+    wh = _with_view(demo_warehouse, tmp_path, "features", "select * from ({body}) union all (select * from ({body}) limit 10)")
     cfg = replace(_cfg(demo_warehouse, "refused", **FAST), warehouse=wh)
     with pytest.raises(CheckFailedError, match="chk_features__unique_key"):
         pipeline.run_training(cfg)
@@ -219,21 +224,13 @@ def test_a_label_end_reaching_its_block_is_refused(demo_warehouse):
 
 
 def test_stale_labels_misaligned_keys_and_unknown_symbols_are_refused(demo_warehouse, tmp_path):
-    import shutil
-
     cfg = _cfg(demo_warehouse, "stale", **FAST)
     with pytest.raises(MscaleError, match=r"built with other \[labels\] settings \(horizon 1 -> 4\): run `mscale features`"):
         pipeline.run_training(replace(cfg, labels=replace(cfg.labels, horizon=4, horizons=(1, 4, 24))))
     with pytest.raises(MscaleError, match="no features for XXUSDT; symbols in the warehouse: BTCUSDT, ETHUSDT"):
         pipeline.run_training(replace(cfg, train=replace(cfg.train, symbols=("XXUSDT",))))
 
-    wh = tmp_path / "w.duckdb"
-    shutil.copy(demo_warehouse / "w.duckdb", wh)
-    con = duckdb.connect(str(wh))
-    sql = con.execute("select sql from duckdb_views() where view_name = 'labels'").fetchone()[0]
-    body = sql.split(" AS ", 1)[1].rstrip(";")
-    con.execute(f"create or replace view labels as select * from ({body}) where ts <> timestamptz '2024-02-01 12:00:00+00'")
-    con.close()
+    wh = _with_view(demo_warehouse, tmp_path, "labels", "select * from ({body}) where ts <> timestamptz '2024-02-01 12:00:00+00'")
     with pytest.raises(MscaleError, match=r"features and labels are misaligned: 2 feature rows have no label row \(first: BTCUSDT 2024-02-01 12:00\)"):
         pipeline.run_training(replace(cfg, warehouse=wh))
 

@@ -1,8 +1,10 @@
-"""A run's charts (matplotlib, Agg backend, PNG), drawn from the files the run stored.
+"""A run's charts (matplotlib on the Agg canvas, PNG), drawn from the files the run stored.
 
-Each function takes tables already read from the run folder and returns a matplotlib Figure;
-`save` writes it. Nothing here recomputes a metric: equity, drawdown, trade counts and the fee
-curve are the backtest step's outputs, laid out over time. Times on the x axis are UTC.
+Each function takes columns already read from the run folder (a `Frame`: column name -> numpy
+array, timestamps as naive-UTC datetime64) and returns a matplotlib Figure; `save` writes it.
+Frames are plain numpy so figures can be drawn in forked workers without touching pyarrow.
+Nothing here recomputes a metric: equity, drawdown, trade counts and the fee curve are the
+backtest step's outputs laid out over time. Times on the x axis are UTC.
 """
 
 from __future__ import annotations
@@ -19,11 +21,23 @@ from matplotlib.figure import Figure
 
 DPI = 90
 TIER_COLORS = ("#1f77b4", "#d62728", "#9467bd", "#2ca02c", "#ff7f0e", "#8c564b")
-MARKED_TIERS = {"VIP9": 2.0, "VIP4": 5.4}
+Frame = dict[str, np.ndarray]
 
 
-def _dates(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return ts.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy().astype("datetime64[us]")
+def frame(table: pa.Table, symbol: str | None = None) -> Frame:
+    """The rows of `symbol` (all when None) as numpy columns; timestamps become naive-UTC
+    datetime64[us], strings and dictionaries object arrays."""
+    if symbol is not None:
+        table = table.filter(pc.equal(table.column("symbol").cast(pa.string()), symbol))
+    out: Frame = {}
+    for name, column in zip(table.column_names, table.columns):
+        if pa.types.is_timestamp(column.type):
+            out[name] = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy().astype("datetime64[us]")
+        elif pa.types.is_dictionary(column.type) or pa.types.is_string(column.type):
+            out[name] = np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+        else:
+            out[name] = np.asarray(column.to_numpy(zero_copy_only=False), dtype=float)
+    return out
 
 
 def _instant(value) -> np.datetime64:
@@ -50,27 +64,24 @@ def _figure(rows: int, cols: int, figsize: tuple[float, float], **kwargs):
 
 
 def save(fig: Figure, path: Path) -> Path:
+    """Write `fig` as a PNG at `path` (folders created); returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
 
 
-def for_symbol(table: pa.Table, symbol: str | None, column: str = "symbol") -> pa.Table:
-    return table if symbol is None else table.filter(pc.equal(table.column(column).cast(pa.string()), symbol))
-
-
-def two_panel(pnl: pa.Table, trades: pa.Table, tiers: list[str], test_spans: list[tuple[str, str]], *, title: str,
+def two_panel(pnl: Frame, trades: Frame, tiers: list[str], test_spans: list[tuple], *, title: str,
               fee_drag: dict[str, float]) -> Figure:
     """Top: equity per fee tier and buy-and-hold, the OOS test blocks shaded; bottom: trades per day.
 
-    `pnl` is one token's per-bar table or the pooled table (equity at period_end); `trades` the
-    trades behind it; `fee_drag` the total-return drag per tier, annotated in the top panel."""
+    `pnl` is one token's per-bar columns or the pooled ones (equity at period_end); `trades` the
+    trades behind it; `fee_drag` the total return lost to each tier's costs, annotated on top."""
     fig, (top, bottom) = _figure(2, 1, figsize=(10, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     fig.subplots_adjust(left=0.08, right=0.98, top=0.95, bottom=0.08, hspace=0.25)
-    when = _dates(pnl.column("period_end"))
+    when = pnl["period_end"]
     for j, tier in enumerate(tiers):
-        top.plot(when, pnl.column(f"equity_{tier}").to_numpy(), lw=1.1, color=TIER_COLORS[j % len(TIER_COLORS)], label=f"net of {tier}")
-    top.plot(when, pnl.column("equity_bh").to_numpy(), lw=1.0, color="0.45", ls="--", label="buy and hold")
+        top.plot(when, pnl[f"equity_{tier}"], lw=1.1, color=TIER_COLORS[j % len(TIER_COLORS)], label=f"net of {tier}")
+    top.plot(when, pnl["equity_bh"], lw=1.0, color="0.45", ls="--", label="buy and hold")
     for k, (start, end) in enumerate(test_spans):  # alternate shades, so the folds' blocks are told apart
         top.axvspan(_instant(start), _instant(end), color="0.80" if k % 2 == 0 else "0.90", alpha=0.6, lw=0,
                     label="OOS test blocks (folds)" if k == 0 else None)
@@ -78,11 +89,11 @@ def two_panel(pnl: pa.Table, trades: pa.Table, tiers: list[str], test_spans: lis
     top.set_title(f"{title}: equity per fee tier")
     top.set_ylabel("equity (start = 1)")
     top.legend(loc="lower left", fontsize=8, ncol=2, framealpha=0.85)
-    drag = ", ".join(f"{tier} {value:+.1%}" for tier, value in fee_drag.items())
-    top.text(0.99, 0.02, f"fee drag on total return: {drag}", transform=top.transAxes, ha="right", va="bottom",
+    drag = ", ".join(f"{tier} {value:.1%}" for tier, value in fee_drag.items())
+    top.text(0.99, 0.02, f"total return lost to costs: {drag}", transform=top.transAxes, ha="right", va="bottom",
              fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     _time_axis(top)
-    days = _dates(trades.column("entry_ts")).astype("datetime64[D]") if trades.num_rows else np.array([], "datetime64[D]")
+    days = trades["entry_ts"].astype("datetime64[D]")
     if len(days):  # one step artist, not a patch per day
         unique, counts = np.unique(days, return_counts=True)
         every = np.arange(unique.min(), unique.max() + np.timedelta64(2, "D"), dtype="datetime64[D]")
@@ -95,19 +106,19 @@ def two_panel(pnl: pa.Table, trades: pa.Table, tiers: list[str], test_spans: lis
     return fig
 
 
-def fee_curve(curve: pa.Table, *, title: str) -> Figure:
-    """Net Sharpe and net total return against the fee per side (0-10 bps), per token and pooled."""
+def fee_curve(curve: Frame, *, title: str, marked: dict[str, float]) -> Figure:
+    """Net Sharpe and net total return against the fee per side (0-10 bps), per token and pooled,
+    with the run's fee tiers (`marked`: name -> bps) marked."""
     fig, (left, right) = _figure(1, 2, figsize=(10, 3.8))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.14, wspace=0.25)
-    symbols = sorted(set(curve.column("symbol").to_pylist()) - {"pooled"}) + ["pooled"]
+    symbols = sorted(set(curve["symbol"]) - {"pooled"}) + ["pooled"]
     for symbol in symbols:
-        mine = for_symbol(curve, symbol)
+        mine = curve["symbol"] == symbol
         style = {"lw": 2.2, "color": "black"} if symbol == "pooled" else {"lw": 1.0}
-        fee = mine.column("fee_bps").to_numpy()
-        left.plot(fee, mine.column("net_sharpe").to_numpy(), label=symbol, **style)
-        right.plot(fee, 100 * mine.column("net_total_return").to_numpy(), label=symbol, **style)
+        left.plot(curve["fee_bps"][mine], curve["net_sharpe"][mine], label=symbol, **style)
+        right.plot(curve["fee_bps"][mine], 100 * curve["net_total_return"][mine], label=symbol, **style)
     for ax, label in ((left, "net Sharpe (annualised)"), (right, "net total return (%)")):
-        for tier, bps in MARKED_TIERS.items():
+        for tier, bps in marked.items():
             ax.axvline(bps, color="0.5", ls=":", lw=1)
             ax.text(bps, 0.98, f" {tier}", transform=ax.get_xaxis_transform(), fontsize=8, va="top", color="0.35")
         ax.axhline(0, color="0.6", lw=0.8)
@@ -120,13 +131,13 @@ def fee_curve(curve: pa.Table, *, title: str) -> Figure:
     return fig
 
 
-def vol_high_rate(predictions: pa.Table, *, title: str, window_h: int = 168) -> Figure:
+def vol_high_rate(predictions: Frame, *, title: str, window_h: int = 168) -> Figure:
     """The predicted and the realised rate of y_vol_high over time: trailing `window_h`-hour means
     of P(vol_high) and of the realised label, pooled over tokens."""
-    ts = predictions.column("ts").cast(pa.int64()).to_numpy() // 3_600_000_000
+    ts = predictions["ts"].astype("datetime64[h]").astype(np.int64)
     hours, inverse = np.unique(ts, return_inverse=True)
-    p = np.bincount(inverse, weights=predictions.column("p_vol_high").to_numpy()) / np.bincount(inverse)
-    y = np.asarray(predictions.column("y_vol_high").to_pylist(), dtype=float)
+    p = np.bincount(inverse, weights=predictions["p_vol_high"]) / np.bincount(inverse)
+    y = predictions["y_vol_high"]
     known = np.isfinite(y)
     realised = np.bincount(inverse[known], weights=y[known], minlength=len(hours)) / np.maximum(
         np.bincount(inverse[known], minlength=len(hours)), 1)
@@ -172,19 +183,19 @@ def comparison(comparison: dict, sharpes: dict[str, dict[str, float]]) -> Figure
     right.axhline(0, color="#d62728", lw=1)
     right.set_xticks(x, names)
     right.set_ylabel("Sharpe difference")
-    right.set_title(f"multiscale - hourly, 95% paired block bootstrap ({comparison['block_h']} h)")
+    right.set_title(f"multiscale - hourly, 95% interval ({comparison['block_h']} h blocks)")
     for ax in (left, right):
         ax.grid(True, axis="y", alpha=0.3)
     return fig
 
 
-def drawdown(pooled: pa.Table, tiers: list[str], *, title: str) -> Figure:
+def drawdown(pooled: Frame, tiers: list[str], *, title: str) -> Figure:
     """The pooled portfolio's drawdown from its running peak, per fee tier."""
     fig, ax = _figure(1, 1, figsize=(10, 3.2))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.12)
-    when = _dates(pooled.column("period_end"))
+    when = pooled["period_end"]
     for j, tier in enumerate(tiers):
-        equity = np.r_[1.0, pooled.column(f"equity_{tier}").to_numpy()]
+        equity = np.r_[1.0, pooled[f"equity_{tier}"]]
         dd = equity / np.maximum.accumulate(equity) - 1
         ax.fill_between(when, 100 * dd[1:], 0, alpha=0.25, color=TIER_COLORS[j % len(TIER_COLORS)], label=f"net of {tier}")
     ax.set_title(f"{title}: drawdown of the pooled portfolio")
@@ -194,15 +205,14 @@ def drawdown(pooled: pa.Table, tiers: list[str], *, title: str) -> Figure:
     return fig
 
 
-def equity_at_tier(pnl: pa.Table, pooled: pa.Table, tier: str, *, title: str) -> Figure:
+def equity_at_tier(pnl: Frame, pooled: Frame, tier: str, *, title: str) -> Figure:
     """Every token's and the pool's equity at one fee tier (the per-tier artifact)."""
     fig, ax = _figure(1, 1, figsize=(10, 3.6))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.12)
-    symbols = pnl.column("symbol").cast(pa.string())
-    for symbol in sorted(set(symbols.to_pylist())):
-        mine = pnl.filter(pc.equal(symbols, symbol))
-        ax.plot(_dates(mine.column("period_end")), mine.column(f"equity_{tier}").to_numpy(), lw=0.9, label=symbol)
-    ax.plot(_dates(pooled.column("period_end")), pooled.column(f"equity_{tier}").to_numpy(), lw=2.0, color="black", label="pooled")
+    for symbol in sorted(set(pnl["symbol"])):
+        mine = pnl["symbol"] == symbol
+        ax.plot(pnl["period_end"][mine], pnl[f"equity_{tier}"][mine], lw=0.9, label=symbol)
+    ax.plot(pooled["period_end"], pooled[f"equity_{tier}"], lw=2.0, color="black", label="pooled")
     ax.set_title(f"{title}: equity net of {tier}")
     ax.set_ylabel("equity (start = 1)")
     ax.legend(fontsize=8, ncol=4)

@@ -27,26 +27,29 @@ import pyarrow.parquet as pq
 from mscale.report import charts
 
 TEMPLATES = Path(__file__).parent / "templates"
+# (key, header, kind): "ret" a signed return, "share" an unsigned fraction shown in %, "num", "int"
 METRIC_COLUMNS = (
-    ("total_return", "total return", "pct"), ("cagr", "CAGR", "pct"), ("sharpe", "Sharpe", "num"),
-    ("sortino", "Sortino", "num"), ("max_drawdown", "max DD", "pct"), ("max_dd_duration_h", "DD hours", "int"),
-    ("calmar", "Calmar", "num"), ("hit_rate_trade", "hit/trade", "pct"), ("hit_rate_bar", "hit/bar", "pct"),
-    ("exposure", "exposure", "pct"), ("trades_per_day", "trades/day", "num"), ("avg_hold_h", "avg hold h", "num"),
-    ("fee_drag_return", "fee drag", "pct"), ("fee_drag_sharpe", "fee drag SR", "num"),
-    ("latency_drag_return", "latency drag", "pct"), ("psr", "PSR", "num"), ("dsr", "DSR", "num"),
+    ("total_return", "total return", "ret"), ("cagr", "CAGR", "ret"), ("sharpe", "Sharpe", "num"),
+    ("sortino", "Sortino", "num"), ("max_drawdown", "max DD", "share"), ("max_dd_duration_h", "DD hours", "int"),
+    ("calmar", "Calmar", "num"), ("hit_rate_trade", "hit/trade", "share"), ("hit_rate_bar", "hit/bar", "share"),
+    ("exposure", "exposure", "share"), ("trades_per_day", "trades/day", "num"), ("avg_hold_h", "avg hold h", "num"),
+    ("fee_drag_return", "fee drag", "ret"), ("fee_drag_sharpe", "fee drag SR", "num"),
+    ("latency_drag_return", "latency drag", "ret"), ("psr", "PSR", "num"), ("dsr", "DSR", "num"),
 )
-FOLD_COLUMNS = ("feature_set", "fold", "symbol", "test_start", "test_end", "fit_rows", "purged_fit", "purged_val",
-                "share_down", "share_flat", "share_up", "accuracy", "majority_rate", "log_loss", "auc_vol_high",
-                "auc_volm_up", "theta_long", "theta_short", "theta_vol", "trades_per_day", "avg_hold_h")
+FOLD_MODEL_COLUMNS = ("feature_set", "fold", "symbol", "test_start", "test_end", "fit_rows", "fold_purged_fit",
+                      "fold_purged_val", "share_down", "share_flat", "share_up", "accuracy", "majority_rate", "log_loss",
+                      "auc_vol_high", "auc_volm_up", "theta_long", "theta_short", "theta_vol", "theta_volm", "val_dsr")
+FOLD_TRADING_COLUMNS = ("trades_per_day", "avg_hold_h")  # and net_sharpe_<tier>: the training run's knobs
 SECTIONS = ("verdict", "charts", "comparison", "metrics", "folds", "importance", "data", "config")  # page order
 
 
 def fmt(value: Any, kind: str = "num") -> str:
-    """A table cell: NaN/None as an en dash, percentages with one decimal."""
+    """A table cell: NaN/None as an en dash; "ret" a signed percentage, "share" an unsigned one."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    if kind == "pct":
-        return f"{100 * value:+.1f}%" if abs(value) < 1e4 else f"{value:+.2e}"
+    if kind in ("ret", "share"):
+        sign = "+" if kind == "ret" else ""
+        return f"{100 * value:{sign}.1f}%" if abs(value) < 1e4 else f"{value:{sign}.2e}"
     if kind == "int":
         return f"{value:,.0f}"
     if isinstance(value, float):
@@ -55,30 +58,16 @@ def fmt(value: Any, kind: str = "num") -> str:
 
 
 def _png_uri(path: Path) -> str:
+    """The PNG as a data URI, so the page needs no other file."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _read_json(path: Path) -> Any:
+    """The parsed file, or None when it does not exist."""
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def verdict_line(metrics: dict, main: str) -> str:
-    """A plain-language line generated from the stored numbers."""
-    comparison = metrics.get("comparison")
-    if comparison:
-        from mscale.research.evaluate import verdict
-
-        return verdict(comparison)
-    tier = metrics["tune_fee"]
-    rows = metrics["arms"][main]["backtest"]
-    pooled = next(r for r in rows if (r["symbol"], r["strategy"], r["tier"]) == ("pooled", "model", tier))
-    sharpe, psr = pooled["sharpe"], pooled["psr"]
-    evidence = "evidence of an edge after fees" if psr is not None and psr > 0.95 and sharpe > 0 else "no evidence of an edge after fees"
-    return (f"{main}: pooled net Sharpe at {tier} {fmt(sharpe)} (PSR {fmt(psr)}, DSR {fmt(pooled['dsr'])}), "
-            f"{fmt(pooled['trades_per_day'])} trades a day: {evidence}")
-
-
-def write_report(run_dir: Path, *, base_dir: Path | None = None) -> Path:
+def render_report(run_dir: Path, *, base_dir: Path | None = None) -> Path:
     """Draw the charts into `<run_dir>/charts/` and write `<run_dir>/report.html`.
 
     `run_dir` holds the backtest step's files (metrics.json, pnl/, trades.parquet, fee_curve.parquet);
@@ -89,20 +78,20 @@ def write_report(run_dir: Path, *, base_dir: Path | None = None) -> Path:
     base = Path(base_dir) if base_dir else run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = json.loads((base / "config.json").read_text())
-    settings = _read_json(run_dir / "config.json") if base_dir else config
+    rerun = json.loads((run_dir / "config.json").read_text()) if base_dir else None
+    backtest = (rerun or config)["config"]["backtest"]
     arms = list(metrics["arms"])
     main = "multiscale" if "multiscale" in arms else arms[0]
     pnl = pq.read_table(run_dir / "pnl" / main / "tokens.parquet")
-    pooled = pq.read_table(run_dir / "pnl" / main / "pooled.parquet")
+    pooled = charts.frame(pq.read_table(run_dir / "pnl" / main / "pooled.parquet"))
     trades = pq.read_table(run_dir / "trades.parquet")
     trades = trades.filter(pc.equal(trades.column("feature_set"), main))
     curve = pq.read_table(run_dir / "fee_curve.parquet")
-    curve = curve.filter(pc.equal(curve.column("arm"), main))
+    curve = charts.frame(curve.filter(pc.equal(curve.column("arm"), main)))
     folds = pacsv.read_csv(base / "folds.csv").to_pylist()
-    tiers = [c.removeprefix("equity_") for c in pnl.column_names if c.startswith("equity_") and c != "equity_bh"]
+    tiers = list(backtest["tiers"])
     symbols = sorted(set(pnl.column("symbol").cast(pa.string()).to_pylist()))
-    knobs = (settings or {}).get("config", settings or {}).get("backtest", {}) if settings else {}
-    filter_note = f"filter {knobs.get('rules', {}).get('filter', 'none')}, fill {knobs.get('fill', 'close')}"
+    filter_note = f"filter {backtest['rules']['filter']}, fill {backtest['fill']}"
 
     out = run_dir / "charts"
     jobs: list[tuple[str, str, Callable[[], Any]]] = []  # (file stem, caption, figure builder)
@@ -112,20 +101,21 @@ def write_report(run_dir: Path, *, base_dir: Path | None = None) -> Path:
 
     main_rows = [r for r in metrics["arms"][main]["backtest"] if r["strategy"] == "model"]
     for symbol in [*symbols, "pooled"]:
-        table = pooled if symbol == "pooled" else charts.for_symbol(pnl, symbol)
-        deals = trades if symbol == "pooled" else charts.for_symbol(trades, symbol)
+        table = pooled if symbol == "pooled" else charts.frame(pnl, symbol)
+        deals = charts.frame(trades, None if symbol == "pooled" else symbol)
         spans = _fold_spans(folds, main, None if symbol == "pooled" else symbol)
-        drag = {r["tier"]: -r["fee_drag_return"] for r in main_rows if r["symbol"] == symbol and r["fee_bps"] > 0}
+        drag = {r["tier"]: r["fee_drag_return"] for r in main_rows if r["symbol"] == symbol and r["fee_bps"] > 0}
         add(f"equity_{main}_{symbol}", f"{symbol} ({main} features): equity per fee tier with the OOS test blocks shaded, "
             f"buy-and-hold dashed; trades per day below",
             partial(charts.two_panel, table, deals, tiers, spans, title=f"{symbol} ({main})", fee_drag=drag))
-    add("fee_curve", "net Sharpe and net total return against the fee per side, VIP9 and VIP4 marked",
-        partial(charts.fee_curve, curve, title=main))
+    marked = {tier: bps for tier, bps in backtest["tiers"].items() if bps > 0}
+    add("fee_curve", f"net Sharpe and net total return against the fee per side, the run's tiers marked ({filter_note})",
+        partial(charts.fee_curve, curve, title=main, marked=marked))
     predictions = pq.read_table(base / "predictions.parquet")
     predictions = predictions.filter(pc.equal(predictions.column("feature_set"), main))
     if "p_vol_high" in predictions.column_names and pc.sum(pc.is_valid(predictions.column("p_vol_high"))).as_py():
         add("vol_high_rate", "predicted vs realised rate of high-volatility hours",
-            partial(charts.vol_high_rate, predictions, title=main))
+            partial(charts.vol_high_rate, charts.frame(predictions.select(["ts", "p_vol_high", "y_vol_high"])), title=main))
     if metrics.get("comparison"):
         tier = metrics["comparison"]["tier"]
         sharpes = {arm: {r["symbol"]: r["sharpe"] for r in metrics["arms"][arm]["backtest"]
@@ -133,22 +123,26 @@ def write_report(run_dir: Path, *, base_dir: Path | None = None) -> Path:
         add("comparison", "hourly vs multiscale: OOS net Sharpe per arm and the difference with its 95% interval",
             partial(charts.comparison, metrics["comparison"], sharpes))
     add("drawdown", "drawdown of the pooled portfolio per fee tier", partial(charts.drawdown, pooled, tiers, title=main))
+    pnl_all = charts.frame(pnl)
     for tier in tiers:
         add(f"equity_tier_{tier}", f"every token and the pool net of {tier} ({filter_note})",
-            partial(charts.equity_at_tier, pnl, pooled, tier, title=f"{main}, {filter_note}"))
+            partial(charts.equity_at_tier, pnl_all, pooled, tier, title=f"{main}, {filter_note}"))
 
+    fold_columns = [c for c in FOLD_MODEL_COLUMNS if folds and c in folds[0]]
+    if not base_dir:  # a re-run's knobs differ from the ones these trading columns were measured with
+        fold_columns += [c for c in (folds[0] if folds else {}) if c in FOLD_TRADING_COLUMNS or c.startswith("net_sharpe_")]
     context = {
         "title": f"mscale run {config['run_id']}" + (f", backtest {run_dir.name}" if base_dir else ""),
         "run_id": config["run_id"], "sub_run": run_dir.name if base_dir else None,
         "rendered": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "verdict": verdict_line(metrics, main),
+        "verdict": metrics["verdict"],
         "config_json": json.dumps(config.get("config", {}), indent=1, default=str),
-        "rerun_json": json.dumps(settings, indent=1, default=str) if base_dir else None,
+        "rerun_json": json.dumps(rerun, indent=1, default=str) if rerun else None,
         "fingerprint": config.get("data", {}), "git_commit": config.get("git_commit"),
         "ingestion": _read_json(base / "ingestion.json") or [],
         "metric_columns": METRIC_COLUMNS, "metric_tables": _metric_tables(metrics, tiers),
         "figures": [(key, caption, _png_uri(path)) for (key, caption, _), path in zip(jobs, draw_all(jobs, out))],
-        "fold_columns": [c for c in FOLD_COLUMNS if folds and c in folds[0]] + [c for c in (folds[0] if folds else {}) if c.startswith("net_sharpe_")],
+        "fold_columns": fold_columns,
         "folds": folds, "importance": _top_importance(base / "importance.csv", main),
         "comparison": metrics.get("comparison"), "arms": arms, "main": main, "fmt": fmt, "sections": SECTIONS,
     }

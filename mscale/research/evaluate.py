@@ -135,6 +135,19 @@ def headline(bt: BacktestResult, tier: str) -> dict[str, float]:
             "pooled_dsr": m("dsr", tier=tier), "pooled_trades_per_day": m("trades_per_day", tier=tier)}
 
 
+def verdict_line(ev: Evaluation, tune_fee: str) -> str:
+    """The run's plain-language verdict, from its numbers: the comparison's when both feature sets
+    ran, else whether the pooled net Sharpe at the tuning tier is evidence of an edge (PSR > 0.95)."""
+    if ev.comparison:
+        return verdict(ev.comparison)
+    arm = "multiscale" if "multiscale" in ev.backtests else next(iter(ev.backtests))
+    m = ev.backtests[arm].metric
+    sharpe, psr, dsr = m("sharpe", tier=tune_fee), m("psr", tier=tune_fee), m("dsr", tier=tune_fee)
+    edge = "evidence of an edge after fees" if sharpe > 0 and psr > 0.95 else "no evidence of an edge after fees"
+    return (f"{arm}: pooled net Sharpe at {tune_fee} {sharpe:+.2f} (PSR {psr:.2f}, DSR {dsr:.2f}), "
+            f"{m('trades_per_day', tier=tune_fee):.1f} trades a day: {edge}")
+
+
 def verdict(comparison: dict) -> str:
     """A plain-language line from the comparison's numbers."""
     tokens = comparison["tokens"]
@@ -169,7 +182,7 @@ def summary_table(ev: Evaluation, tune_fee: str) -> str:
         lines.append(f"multiscale - hourly, net Sharpe at {comparison['tier']}, paired block bootstrap "
                      f"({comparison['block_h']} h blocks):")
         for symbol, c in [*comparison["tokens"].items(), ("pooled", comparison["pooled"])]:
-            interval = "no interval" if c["low"] is None or math.isnan(c["low"]) else f"95% interval {c['low']:+.2f}..{c['high']:+.2f}"
+            interval = "no interval" if _missing(c["low"]) else f"95% interval {c['low']:+.2f}..{c['high']:+.2f}"
             lines.append(f"  {symbol:<10} {c['difference']:+.2f}  {interval}{'  significant' if c['significant'] else ''}")
         lines.append(verdict(comparison))
     return "\n".join(lines)

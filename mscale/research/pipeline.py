@@ -28,7 +28,8 @@ from mscale.backtest.metrics import HOUR_MS, sharpe
 from mscale.config import Config
 from mscale.errors import CheckFailedError, MscaleError
 from mscale.research import dataset, runs
-from mscale.research.evaluate import BacktestSettings, Evaluation, evaluate, headline, summary_table, write_evaluation
+from mscale.research.evaluate import (BacktestSettings, Evaluation, evaluate, headline, summary_table, verdict_line,
+                                      write_evaluation)
 from mscale.research.labels import vol_high
 from mscale.research.models import fit_model, prior_model
 from mscale.research.splits import Fold, make_splitter, parse_date_range
@@ -484,7 +485,7 @@ def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], ev
                alignment, timings):
     """Every file of CONTRACT §10, then the charts and the report, then publish."""
     from mscale.report import build_report, flat_row
-    from mscale.report.html import write_report
+    from mscale.report.html import render_report
 
     folder = runs.RunFolder(cfg.runs_dir, run_id)
     try:
@@ -497,6 +498,7 @@ def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], ev
                                      "models": _model_quality(arm), "tuning": _tuning_summary(arm)}
         if evaluation.comparison:
             metrics["comparison"] = evaluation.comparison
+        metrics["verdict"] = verdict_line(evaluation, cfg.train.tune_fee)
         folder.json("metrics.json", metrics)
         write_evaluation(folder, evaluation)
         folder.csv("folds.csv", pa.Table.from_pylist([row for arm in arms.values() for row in arm.folds]))
@@ -506,7 +508,7 @@ def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], ev
         folder.csv("importance.csv", _importance(arms))
         folder.parquet(runs.SUMMARY, _summary_row(cfg, run_id, now, fingerprint, arms, evaluation.comparison))
         started = time.perf_counter()
-        write_report(folder.path)
+        render_report(folder.path)
         timings["report_s"] = time.perf_counter() - started
         return folder.publish()
     except BaseException:

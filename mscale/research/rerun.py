@@ -22,7 +22,8 @@ from mscale.backtest import Rules, parse_fees
 from mscale.config import Config
 from mscale.errors import MscaleError
 from mscale.research import runs
-from mscale.research.evaluate import BacktestSettings, Evaluation, backtest_metrics, evaluate, write_evaluation
+from mscale.research.evaluate import (BacktestSettings, Evaluation, backtest_metrics, evaluate, verdict_line,
+                                      write_evaluation)
 
 RULE_KNOBS = ("filter", "filter_exit", "long_only", "min_hold", "cooldown", "max_trades_per_day", "theta_vol", "theta_volm")
 
@@ -39,7 +40,7 @@ def stored_settings(run_dir: Path) -> BacktestSettings:
 def backtest_run(cfg: Config, run_dir: Path, *, fees: Any = None, fill: str | None = None, slippage: Any = None,
                  **knobs: Any) -> tuple[Path, Evaluation]:
     """Re-run the backtest step of `run_dir` with the given overrides; returns the sub-run folder."""
-    from mscale.report.html import write_report
+    from mscale.report.html import render_report
 
     run_dir = Path(run_dir).resolve()
     missing = [name for name in ("config.json", runs.PREDICTIONS, runs.PRICES) if not (run_dir / name).is_file()]
@@ -52,9 +53,10 @@ def backtest_run(cfg: Config, run_dir: Path, *, fees: Any = None, fill: str | No
         raise MscaleError(f"unknown backtest knob(s) {sorted(unknown)}: use {', '.join(RULE_KNOBS)}")
     rules = replace(base.rules, **{k: v for k, v in knobs.items() if v is not None})
     tiers = parse_fees(fees) if fees is not None else base.tiers
+    if base.tune_fee not in tiers:  # the thresholds were tuned at this tier: it stays the headline
+        tiers = {**tiers, base.tune_fee: base.tiers[base.tune_fee]}
     settings = replace(base, tiers=tiers, rules=rules, fill=fill or base.fill,
-                       slippage=base.slippage if slippage is None else slippage,
-                       tune_fee=base.tune_fee if base.tune_fee in tiers else next(iter(tiers)))
+                       slippage=base.slippage if slippage is None else slippage)
     predictions = pq.read_table(run_dir / runs.PREDICTIONS)
     arms = sorted(set(predictions.column("feature_set").to_pylist()))
     oos = {arm: predictions.filter(pc.equal(predictions.column("feature_set"), arm)) for arm in arms}
@@ -63,7 +65,7 @@ def backtest_run(cfg: Config, run_dir: Path, *, fees: Any = None, fill: str | No
 
     now = datetime.now(timezone.utc)
     digest = hashlib.sha256(json.dumps(settings.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
-    folder = runs.RunFolder(run_dir / "backtests", f"{now:%Y%m%dT%H%M%S%fZ}-{digest}")
+    folder = runs.RunFolder(run_dir / "backtests", f"{now:%Y%m%dT%H%M%S.%f}Z-{digest}")
     try:
         folder.json("config.json", {"run_id": run_dir.name, "created_at": now, "config": {"backtest": settings.as_dict()},
                                     "overrides": {"fees": fees, "fill": fill, "slippage": slippage, **knobs}})
@@ -71,9 +73,10 @@ def backtest_run(cfg: Config, run_dir: Path, *, fees: Any = None, fill: str | No
                                    "arms": {arm: {"backtest": rows} for arm, rows in backtest_metrics(evaluation).items()}}
         if evaluation.comparison:
             metrics["comparison"] = evaluation.comparison
+        metrics["verdict"] = verdict_line(evaluation, settings.tune_fee)
         folder.json("metrics.json", metrics)
         write_evaluation(folder, evaluation)
-        write_report(folder.path, base_dir=run_dir)
+        render_report(folder.path, base_dir=run_dir)
         return folder.publish(), evaluation
     except BaseException:
         folder.discard()
