@@ -29,11 +29,10 @@ class Booked:
 
     gross: np.ndarray
     net: np.ndarray  # (tier, row)
-    fill_price: np.ndarray  # where the position changed, else NaN
 
     @classmethod
     def empty(cls, n: int, tiers: int) -> "Booked":
-        return cls(np.empty(n), np.empty((tiers, n)), np.empty(n))
+        return cls(np.empty(n), np.empty((tiers, n)))
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Series:
     pos: np.ndarray
     reason: np.ndarray
     booked: Booked
+    fill: np.ndarray  # the prices a change at each row is filled at (NaN: none, the next close is used)
     trades: tuple  # kernels.trades output
     fallbacks: np.ndarray  # per symbol: changes filled at the next close for want of a fill price
     latency: tuple[np.ndarray, np.ndarray] | None  # net (tier, row) with close fills, with next-minute fills
@@ -69,7 +69,7 @@ def simulate(bars: Bars, rules: Rules, fill: np.ndarray, slip: np.ndarray, slip_
 def book(bars: Bars, pos: np.ndarray, fill: np.ndarray, slip: np.ndarray, slip_step: int, rates: np.ndarray) -> Booked:
     """Gross and net returns per fee rate of given positions `pos`, filled at `fill`."""
     out = Booked.empty(bars.n, len(rates))
-    kernels.returns(pos, bars.close, fill, slip, slip_step, bars.first, bars.has_next, rates, out.gross, out.net, out.fill_price)
+    kernels.returns(pos, bars.close, fill, slip, slip_step, bars.first, bars.has_next, rates, out.gross, out.net)
     return out
 
 
@@ -151,7 +151,7 @@ def run_backtest(
             by_minute = main if fill == "next_minute" else book(bars, p, bars.fills["next_minute"], slip, slip_step, rates)
             latency = (by_close.net, by_minute.net)
         deals = kernels.trades(p, why, bars.close, fill_main, slip, slip_step, bars.first, bars.has_next, rates)
-        series.append(Series(strategy, p, why, main, deals, _fallbacks(bars, p, fill_main), latency))
+        series.append(Series(strategy, p, why, main, fill_main, deals, _fallbacks(bars, p, fill_main), latency))
 
     model, buy_hold = series
     pool = tables.pool(bars, series)

@@ -147,10 +147,9 @@ def positions(score, p_vol, p_volm, aux_step, th_long, th_short, th_vol, th_volm
 
 
 @njit(cache=True)
-def returns(pos, close, fill, slip, slip_step, first, has_next, rates, gross, net, fill_price):
-    """Books the positions `pos`: writes each row's `gross` return, `net[tier, row]` = gross -
-    (fee rate + slippage) x |Δposition|, and `fill_price` (where the position changed, else NaN).
-    Equity curves are derived from `net` by `compound`.
+def returns(pos, close, fill, slip, slip_step, first, has_next, rates, gross, net):
+    """Books the positions `pos`: writes each row's `gross` return and `net[tier, row]` = gross -
+    (fee rate + slippage) x |Δposition|. Equity curves are derived from `net` by `compound`.
     """
     prev = 0
     for i in range(pos.shape[0]):
@@ -159,8 +158,7 @@ def returns(pos, close, fill, slip, slip_step, first, has_next, rates, gross, ne
         p = pos[i]
         more = has_next[i]
         next_close = close[i + 1] if more else np.nan
-        a, b, f = _bar_parts(prev, p, close[i], next_close, fill[i], more)
-        fill_price[i] = f
+        a, b, _ = _bar_parts(prev, p, close[i], next_close, fill[i], more)
         g = (1.0 + a) * (1.0 + b) - 1.0
         gross[i] = g
         dp = abs(p - prev)

@@ -43,9 +43,18 @@ def _compound(bars: Bars, returns: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fill_at_changes(bars: Bars, pos: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """The price each change of position was filled at (NaN where the position did not change),
+    as the kernels book it: the fill price, else the next hourly close; at a row with no next
+    hour, the row's own close."""
+    next_close = np.r_[bars.close[1:], np.nan]
+    price = np.where(bars.has_next, np.where(np.isfinite(fill), fill, next_close), bars.close)
+    return np.where(pos != bars.previous(pos), price, np.nan)
+
+
 def pnl_table(bars: Bars, model: "Series", buy_hold: "Series", tiers: dict[str, float]) -> pa.Table:
     """One row per token and decision time: the position, its fill, returns and equity per tier."""
-    fill = model.booked.fill_price
+    fill = _fill_at_changes(bars, model.pos, model.fill)
     columns: dict[str, Any] = {
         "symbol": _symbols(bars, bars.code),
         "ts": _timestamps(bars.ts_ms),
