@@ -63,6 +63,15 @@ def _figure(rows: int, cols: int, figsize: tuple[float, float], **kwargs):
     return fig, fig.subplots(rows, cols, **kwargs)
 
 
+def warm_up() -> None:
+    """Draw a small labelled figure: loads the fonts and matplotlib's caches (inherited by forked workers)."""
+    fig, ax = _figure(1, 1, figsize=(2, 1))
+    ax.set_title("warm up")
+    ax.plot([0, 1], [0, 1], label="x")
+    ax.legend()
+    fig.canvas.draw()
+
+
 def save(fig: Figure, path: Path) -> Path:
     """Write `fig` as a PNG at `path` (folders created); returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,7 @@ def render_report(run_dir: Path, *, base_dir: Path | None = None) -> Path:
         "title": f"mscale run {config['run_id']}" + (f", backtest {run_dir.name}" if base_dir else ""),
         "run_id": config["run_id"], "sub_run": run_dir.name if base_dir else None,
         "rendered": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "verdict": metrics["verdict"],
+        "verdict": metrics.get("verdict", "(this run stored no verdict line)"),
         "config_json": json.dumps(config.get("config", {}), indent=1, default=str),
         "rerun_json": json.dumps(rerun, indent=1, default=str) if rerun else None,
         "fingerprint": config.get("data", {}), "git_commit": config.get("git_commit"),
@@ -167,6 +167,7 @@ def draw_all(jobs: list[tuple[str, str, Callable[[], Any]]], out: Path) -> list[
     _PENDING[:] = [(build, out / f"{key}.png") for key, _, build in jobs]
     try:
         if len(_PENDING) > 2 and "fork" in mp.get_all_start_methods():
+            charts.warm_up()  # fonts and the text layout caches load once, here, not in every worker
             with mp.get_context("fork").Pool(min(2, os.cpu_count() or 1)) as pool:
                 return pool.map(_draw, range(len(_PENDING)))
         return [_draw(i) for i in range(len(_PENDING))]
