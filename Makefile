@@ -35,7 +35,7 @@ test: $(STAMP) ## run the test suite (offline; long checks excluded)
 test-all: $(STAMP) ## run every test, including the slow ones
 	$(BIN)/pytest -q -n 2 -m ''
 
-bench: $(STAMP) ## run the benchmarks (ingest, backtest engine, training, make demo, feature build)
+bench: $(STAMP) ## run the benchmarks (ingest, backtest, training, make demo, feature build; ~10 min, scratch in bench-work/)
 	$(MSCALE) bench all
 
 clean: ## remove the virtualenv, caches and the warehouse file (keeps data/)

@@ -17,6 +17,11 @@ from mscale.errors import MscaleError
 
 DEFAULT_BASE_URL = "https://data-api.binance.vision"  # the public market-data host
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
+# each market's views live in their own warehouse file (relative to the project root)
+DEFAULT_WAREHOUSE = {"spot": "warehouse/mscale.duckdb", "um": "warehouse/mscale_um.duckdb"}
+# the SQL templates: the checkout's top-level sql/ (editable install), or the copy a wheel ships
+_CHECKOUT_SQL = Path(__file__).resolve().parents[1] / "sql"
+_PACKAGED_SQL = Path(__file__).resolve().parent / "_sql"
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,19 @@ class Config:
 
     @property
     def sql_dir(self) -> Path:
+        """The project's `sql/` when the root has one (the checkout), else the installed package's
+        copy (a wheel ships it as `mscale/_sql`; an editable install reads the checkout's `sql/`)."""
+        for candidate in (self.project_root / "sql", _PACKAGED_SQL, _CHECKOUT_SQL):
+            if (candidate / "sources").is_dir():
+                return candidate
         return self.project_root / "sql"
+
+    @property
+    def extra_feature_dirs(self) -> tuple[Path, ...]:
+        """A research folder's own feature files (`features/extra/*.sql` beside mscale.toml), built
+        and audited like the files in `sql/features/extra/`."""
+        folder = self.project_root / "features" / "extra"
+        return (folder,) if folder.is_dir() and folder != self.sql_dir / "features" / "extra" else ()
 
     def with_features(self, **changes: Any) -> "Config":
         return replace(self, features=replace(self.features, **changes))
@@ -230,9 +247,13 @@ def _section(raw: dict, cls, name: str, overrides: dict[str, Any]):
     if unknown:
         raise MscaleError(f"mscale.toml [{name}] has unknown keys {sorted(unknown)}: known keys are {sorted(known)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    from datetime import date, datetime
+
     for k, v in list(values.items()):
         if isinstance(v, list):
             values[k] = tuple(v)
+        elif isinstance(v, date) and not isinstance(v, datetime):  # unquoted TOML: start = 2024-01-01
+            values[k] = v.isoformat()
     return cls(**values)
 
 
@@ -273,11 +294,11 @@ def load_config(
             return Path.cwd() / os.environ[env]
         return root / raw.get(key, default)
 
-    data = pick(data_dir, "MSCALE_DATA_DIR", "data_dir", "data")
-    wh = pick(warehouse, "MSCALE_WAREHOUSE", "warehouse", "warehouse/mscale.duckdb")
     mk = market or raw.get("market", "spot")
     if mk not in ("spot", "um"):
         raise MscaleError(f"unknown market {mk!r}: use spot or um")
+    data = pick(data_dir, "MSCALE_DATA_DIR", "data_dir", "data")
+    wh = pick(warehouse, "MSCALE_WAREHOUSE", "warehouse", DEFAULT_WAREHOUSE[mk])
     cfg = Config(
         project_root=root,
         data_dir=data.resolve(),
@@ -290,33 +311,13 @@ def load_config(
         train=_section(raw, TrainSettings, "train", train or {}),
         exp_dir=(Path.cwd() / exp_dir).resolve() if exp_dir else ((root / raw["exp_dir"]).resolve() if "exp_dir" in raw else None),
     )
-    _validate(cfg)
+    _validate(cfg, raw, toml_path)
     return cfg
 
 
-_MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+def _validate(cfg: Config, raw: dict[str, Any] | None = None, toml_path: Path | None = None) -> None:
+    """One-line errors for settings of the wrong type or range, before anything runs: every key
+    of [ingest], [features], [labels] and [train] (mscale.config_check)."""
+    from mscale.config_check import check_settings
 
-
-def _validate(cfg: Config) -> None:
-    """One-line errors for settings of the wrong type or range, before anything runs."""
-    f, i = cfg.features, cfg.ingest
-
-    def whole(name: str, value: Any, low: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MscaleError(f"{name} must be a whole number >= {low}, got {value!r}")
-
-    whole("threads", f.threads, 1)
-    whole("z_window", f.z_window, 2)
-    whole("minute_lag_hours", f.minute_lag_hours, 0)
-    whole("pace_ms", i.pace_ms, 0)
-    whole("max_retries", i.max_retries, 0)
-    cfg.labels.validate()
-    cfg.train.validate()
-    if not isinstance(f.memory_limit, str) or not _MEMORY_RE.match(f.memory_limit.strip()):
-        raise MscaleError(f"memory_limit {f.memory_limit!r} is not a size; use e.g. 4GB or 512MB")
-    if not isinstance(i.timeout_s, (int, float)) or i.timeout_s <= 0:
-        raise MscaleError(f"timeout_s must be a positive number of seconds, got {i.timeout_s!r}")
-    for name in ("start", "end"):
-        value = getattr(f, name)
-        if value is not None and not (isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)):
-            raise MscaleError(f"features {name} must be a date YYYY-MM-DD, got {value!r}")
+    check_settings(cfg, raw, toml_path)

@@ -276,8 +276,8 @@ def write_demo(
     Both intervals go through `write_klines(..., source="synthetic")` with every month marked
     complete; hourly bars are `hours_from_minutes(minutes)`. Earlier synthetic shards of the same
     symbol-months are replaced, not merged; shards from a real source are never overwritten
-    (MscaleError instead). Returns a summary: symbols, months, seed, row and shard counts,
-    missing minutes, outage hours, seconds taken.
+    (MscaleError instead). Returns a summary: symbols, months, seed, row and shard counts (in all
+    and per symbol), missing minutes, outage hours, seconds taken; `format_summary` prints it.
     """
     t0 = time.perf_counter()
     syms = _check_args(symbols, start, months, seed)
@@ -298,12 +298,47 @@ def write_demo(
         "minute_rows": minutes.num_rows,
         "hourly_rows": hours.num_rows,
         "missing_minutes": grid_minutes * len(syms) - minutes.num_rows,
+        "by_symbol": {
+            s: {"minute_rows": n_min, "hourly_rows": n_hour, "missing_minutes": grid_minutes - n_min}
+            for s, n_min, n_hour in zip(syms, _rows_per_symbol(minutes, syms), _rows_per_symbol(hours, syms))
+        },
         "outage_hours": _outage_hours(hours, start, end),
         "minute_shards": len(wm.shards),
         "hourly_shards": len(wh.shards),
         "data_dir": str(cfg.market_dir),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _rows_per_symbol(table: pa.Table, symbols: Sequence[str]) -> list[int]:
+    counts = dict(zip(*table.group_by("symbol").aggregate([("symbol", "count")]).to_pydict().values()))
+    return [int(counts.get(s, 0)) for s in symbols]
+
+
+def format_summary(summary: dict) -> str:
+    """What `mscale demo-data` prints: the span, a short table per symbol, where it wrote, what next."""
+    from datetime import timedelta
+
+    last_day = date.fromisoformat(summary["end"]) - timedelta(days=1)
+    months = summary["months"]
+    lines = [
+        f"demo market: {len(summary['symbols'])} symbols, {summary['start']} to {last_day.isoformat()} "
+        f"({months} month{'s' if months != 1 else ''}, UTC), seed {summary['seed']}, {summary['seconds']:.1f} s"
+    ]
+    header = ("symbol", "minute bars", "hourly bars", "missing minutes")
+    rows = [(s, f"{v['minute_rows']:,}", f"{v['hourly_rows']:,}", f"{v['missing_minutes']:,}")
+            for s, v in summary["by_symbol"].items()]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    outages = summary["outage_hours"]
+    if outages:
+        shown = ", ".join(outages[:4]) + (f", ... ({len(outages)} in all)" if len(outages) > 4 else "")
+        lines.append(f"outage hours (no bar for any symbol): {shown}")
+    lines.append(f"wrote {summary['minute_shards']} minute and {summary['hourly_shards']} hourly shards "
+                 f"under {summary['data_dir']}")
+    lines.append("next: mscale report (data quality) or mscale features (build the warehouse)")
+    return "\n".join(lines)
 
 
 def _outage_hours(hours: pa.Table, start: date, end: date) -> list[str]:

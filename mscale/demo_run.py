@@ -19,6 +19,13 @@ DEMO_START = date(2024, 1, 1)
 DEMO_MONTHS = 6
 
 
+def default_splits(months: int) -> int:
+    """5 walk-forward folds, fewer on a short market: the first training block (1 / (folds + 1) of
+    the hours) must leave a fold at least 200 labelled fit rows after its validation slice (20%),
+    the 24 h purge and the labels' one-week warm-up, i.e. about 420 hours."""
+    return max(1, min(5, int(months * 730 / 420) - 1))
+
+
 def _months(start: date, months: int) -> set[tuple[int, int]]:
     return {((start.year * 12 + start.month - 1 + k) // 12, (start.month - 1 + k) % 12 + 1) for k in range(months)}
 
@@ -69,4 +76,6 @@ def run_demo(cfg: Config, *, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, start: 
     echo(result.summary)
     report = (result.path / "report.html").resolve()
     echo(f"report: {report}")
+    echo(f"next: open the report; mscale features --list shows every feature; python -m mscale.train --help "
+         f"for other models and splits; mscale backtest --run {result.path} re-runs the backtest with other knobs")
     return {"steps": steps, "report": report, "run": result.path}

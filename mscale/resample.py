@@ -4,19 +4,23 @@ An hourly bar at `open_time = H` (a UTC hour start) aggregates the minute bars w
 `open_time ∈ [H, H + 1 h)`, i.e. `close_time ∈ (H, H + 1 h]` — exactly the minutes that belong to
 decision time `ts = H + 1 h` under CONTRACT §3. Nothing is imputed: an hour with no minute bar
 produces no row, and an hour with some minutes missing aggregates the minutes present.
+A derived bar never replaces one that came from elsewhere (the exchange, an import) unless forced.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mscale.config import Config
 from mscale.schema import KLINE_SCHEMA, validate_symbol
-from mscale.store import read_klines, symbols_with_data, write_klines
+from mscale.store import SOURCE_COLUMN, read_klines, symbols_with_data, write_klines
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,10 @@ def hours_from_minutes(minutes: pa.Table) -> pa.Table:
         return KLINE_SCHEMA.empty_table()
     con = duckdb.connect()
     try:
-        # date_trunc on TIMESTAMPTZ truncates in the session time zone; pin it to UTC.
+        # date_trunc on TIMESTAMPTZ truncates in the session time zone; pin it to UTC. One thread:
+        # parallel partial sums may differ in the last bit, and a re-run must see the same bars.
         con.execute("set TimeZone = 'UTC'")
+        con.execute("set threads = 1")
         con.register("minutes", minutes)
         hours = con.execute(_HOURS_SQL).to_arrow_table()
     finally:
@@ -66,33 +72,118 @@ def hours_from_minutes(minutes: pa.Table) -> pa.Table:
     return hours.select(KLINE_SCHEMA.names).cast(KLINE_SCHEMA)
 
 
-def resample_hourly(cfg: Config, symbols: list[str] | None = None) -> dict[str, int]:
-    """Write hourly shards derived from each symbol's minute shards; returns {symbol: hourly rows}.
+@dataclass(frozen=True)
+class ResampleResult:
+    """What `resample_hourly` did for one symbol. Counts are hourly bars; `left` and `replaced`
+    are by source and hold only bars at hours the minutes cover (the ones a derived bar competes with)."""
 
-    `symbols=None` means every symbol that has minute shards but no hourly shards (exchange bars
-    are never replaced unless a symbol is named). The last hour is written only once its final
-    minute is present: a trailing hour still being filled would otherwise become a fake bar.
-    Written through `write_klines` with source "resampled", so re-running is idempotent. A symbol
-    without minute shards maps to 0 and writes nothing.
+    symbol: str
+    minutes: int  # minute bars read
+    derived: int = 0  # hours that had no bar, now derived from the minutes
+    updated: int = 0  # earlier resampled bars rewritten because their minutes changed
+    left: dict[str, int] = field(default_factory=dict)  # bars not derived here, left as they were
+    replaced: dict[str, int] = field(default_factory=dict)  # with force: such bars replaced
+    hourly_bars: int = 0  # bars of the symbol stored now
+    market_dir: str = ""
+
+    @property
+    def written(self) -> int:
+        return self.derived + self.updated + sum(self.replaced.values())
+
+    def __str__(self) -> str:
+        if self.minutes == 0:
+            return f"{self.symbol}: no minute shards under {self.market_dir}; nothing to derive"
+        left = _by_source(self.left)
+        if self.written == 0:
+            kept = f"; left {left} as they were (--force replaces them)" if left else ""
+            return f"{self.symbol}: nothing to derive: every hour with minutes already has a bar{kept}"
+        parts = [f"derived {self.derived} missing hour(s) from {self.minutes:,} minute bars"]
+        if self.updated:
+            parts.append(f"updated {self.updated} resampled bar(s) whose minutes changed")
+        if self.replaced:
+            parts.append(f"replaced {_by_source(self.replaced)} with minute-derived ones (--force)")
+        if left:
+            parts.append(f"left {left} as they were (--force replaces them)")
+        return f"{self.symbol}: " + "; ".join(parts) + f"; {self.hourly_bars:,} hourly bars now"
+
+
+def _by_source(counts: dict[str, int]) -> str:
+    """"3 exchange bars and 2 import bars"."""
+    return " and ".join(f"{n:,} {src} bar{'s' if n != 1 else ''}" for src, n in sorted(counts.items()) if n)
+
+
+def resample_hourly(cfg: Config, symbols: list[str] | None = None, *, force: bool = False) -> dict[str, ResampleResult]:
+    """Derive hourly bars from each symbol's minute shards where no other bar stands; {symbol: result}.
+
+    `symbols=None` means every symbol with minute shards. Guarantees:
+    - a bar from the exchange, an import, or the demo is never replaced unless `force`; then each
+      one replaced is counted by source and a warning names how many exchange bars went;
+    - hours without a bar get one; a bar this job derived earlier is rewritten only when its
+      minutes changed; a run with nothing to derive writes nothing;
+    - the last hour is derived only once its final minute is present (a trailing hour still being
+      filled would otherwise become a fake bar);
+    - everything written goes through `write_klines` with source "resampled", so each derived bar
+      says so in `klines_1h.source`. A symbol without minute shards writes nothing.
     """
-    if symbols is None:
-        have_hours = set(symbols_with_data(cfg.market_dir, "1h"))
-        todo = [s for s in symbols_with_data(cfg.market_dir, "1m") if s not in have_hours]
-    else:
-        todo = list(symbols)
-    out: dict[str, int] = {}
+    todo = symbols_with_data(cfg.market_dir, "1m") if symbols is None else list(symbols)
+    out: dict[str, ResampleResult] = {}
     for symbol in todo:
         validate_symbol(symbol)
         minutes = read_klines(cfg.market_dir, "1m", symbol)
         if minutes.num_rows == 0:
             log.warning("%s: no minute shards under %s; nothing to resample", symbol, cfg.market_dir)
-            out[symbol] = 0
+            out[symbol] = ResampleResult(symbol, 0, market_dir=str(cfg.market_dir))
             continue
         hours = _complete_tail(hours_from_minutes(minutes), minutes)
-        write_klines(cfg.market_dir, "1h", hours, source="resampled")
-        log.info("%s: %d minute bars -> %d hourly bars", symbol, minutes.num_rows, hours.num_rows)
-        out[symbol] = hours.num_rows
+        stored = read_klines(cfg.market_dir, "1h", symbol, with_source=True)
+        plan = _plan(hours, stored, force=force)
+        if plan["write"].num_rows:
+            write_klines(cfg.market_dir, "1h", plan["write"], source="resampled")
+        result = ResampleResult(
+            symbol, minutes.num_rows, derived=plan["derived"], updated=plan["updated"], left=plan["left"],
+            replaced=plan["replaced"], hourly_bars=stored.num_rows + plan["derived"], market_dir=str(cfg.market_dir),
+        )
+        if result.replaced:
+            log.warning("%s: --force replaced %s with minute-derived ones", symbol, _by_source(result.replaced))
+        log.info("%s: %d minute bars -> %d hourly bars written", symbol, minutes.num_rows, result.written)
+        out[symbol] = result
     return out
+
+
+def _plan(hours: pa.Table, stored: pa.Table, *, force: bool) -> dict:
+    """Which derived `hours` to write over `stored` (with `source`), and the counts for the result."""
+    h_ot = hours.column("open_time").cast(pa.int64()).to_numpy()
+    s_ot = stored.column("open_time").cast(pa.int64()).to_numpy()
+    pos = np.searchsorted(s_ot, h_ot)
+    exists = pos < len(s_ot)
+    exists[exists] = s_ot[pos[exists]] == h_ot[exists]
+    source = np.full(len(h_ot), "", dtype=object)
+    source[exists] = np.asarray(stored.column(SOURCE_COLUMN).to_pylist(), dtype=object)[pos[exists]]
+    ours = exists & (source == "resampled")
+    changed = np.zeros(len(h_ot), dtype=bool)
+    if ours.any():
+        changed[ours] = ~_same_rows(hours.filter(pa.array(ours)), stored.take(pa.array(pos[ours])))
+    others = exists & ~ours
+    counts = Counter(source[others].tolist())
+    write = ~exists | changed | (others if force else np.zeros(len(h_ot), dtype=bool))
+    return {
+        "write": hours.filter(pa.array(write)),
+        "derived": int(np.count_nonzero(~exists)),
+        "updated": int(np.count_nonzero(changed)),
+        "left": {} if force else dict(counts),
+        "replaced": dict(counts) if force else {},
+    }
+
+
+def _same_rows(a: pa.Table, b: pa.Table) -> np.ndarray:
+    """Row by row, True where every KLINE_SCHEMA column is equal (NULL equals NULL)."""
+    same = np.ones(a.num_rows, dtype=bool)
+    for name in KLINE_SCHEMA.names:
+        x, y = a.column(name), b.column(name)
+        eq = pc.fill_null(pc.equal(x, y), False).to_numpy(zero_copy_only=False)
+        both_null = pc.and_(pc.is_null(x), pc.is_null(y)).to_numpy(zero_copy_only=False)
+        same &= eq | both_null
+    return same
 
 
 def _complete_tail(hours: pa.Table, minutes: pa.Table) -> pa.Table:

@@ -184,8 +184,8 @@ def test_unknown_symbol_needs_flag_and_writes_nothing(tmp_path):
     assert not cfg.market_dir.exists()  # names are checked before anything is written
     s = import_paths(cfg, [bad], symbol="xrpusdt")
     assert s.files[0].symbol == "XRPUSDT"
-    # --symbol overrides what the name says
-    import_paths(cfg, [good], symbol="DOGEUSDT")
+    # --symbol overrides what the name says only when asked to (tests/test_import_labels.py)
+    import_paths(cfg, [good], symbol="DOGEUSDT", rename_symbol=True)
     assert {sh.symbol for sh in list_shards(cfg.market_dir, "1m")} == {"XRPUSDT", "DOGEUSDT"}
 
 

@@ -240,7 +240,7 @@ def test_build_write_and_format_end_to_end(tmp_path):
     cfg = _cfg(tmp_path)
     btc = _walk(np.r_[0:100, 110:180])
     write_klines(cfg.market_dir, "1m", pa.concat_tables([btc, btc.slice(5, 2)]), source="bulk")  # 2 dups
-    write_klines(cfg.market_dir, "1h", hours_from_minutes(btc), source="resampled")
+    write_klines(cfg.market_dir, "1h", hours_from_minutes(btc), source="rest")  # bars derived here would be skipped
     eth = _walk(np.arange(120), symbol="ETHUSDT")
     write_klines(cfg.market_dir, "1m", eth, source="synthetic")
     only_hours = hours_from_minutes(_walk(np.arange(60), symbol="SOLUSDT"))
@@ -249,7 +249,7 @@ def test_build_write_and_format_end_to_end(tmp_path):
     reports = build_report(cfg)
     assert [r["symbol"] for r in reports] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     btc_r, eth_r, sol_r = reports
-    assert btc_r["duplicates_dropped"] == 2 and btc_r["sources"] == ["bulk", "resampled"]
+    assert btc_r["duplicates_dropped"] == 2 and btc_r["sources"] == ["bulk", "rest"]
     assert btc_r["minutes"]["missing"] == 10 and btc_r["minutes"]["largest_gaps"][0]["bars"] == 10
     assert btc_r["reconciliation"]["hours_compared"] == 2  # hour 1 (minutes 60..119) lost 10 minutes
     assert btc_r["reconciliation"]["hours_skipped_incomplete"] == 1

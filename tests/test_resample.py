@@ -110,7 +110,7 @@ def _with_last_minute() -> pa.Table:
 def test_resample_hourly_writes_shards_idempotently(tmp_path):
     cfg = _cfg(tmp_path)
     write_klines(cfg.market_dir, "1m", _with_last_minute(), source="test")
-    assert resample_hourly(cfg) == {"BTCUSDT": 2}
+    assert {s: r.derived for s, r in resample_hourly(cfg).items()} == {"BTCUSDT": 2}
     stored = read_klines(cfg.market_dir, "1h", "BTCUSDT")
     assert stored.equals(hours_from_minutes(_with_last_minute()))
     shards = list_shards(cfg.market_dir, "1h", "BTCUSDT")
@@ -119,14 +119,15 @@ def test_resample_hourly_writes_shards_idempotently(tmp_path):
         "binance_BTCUSDT_1h_20240201_20240201.parquet",
     ]
     assert all(shard_metadata(s.path)[META_SOURCE] == b"resampled" for s in shards)
-    assert resample_hourly(cfg, ["BTCUSDT"]) == {"BTCUSDT": 2}
+    again = resample_hourly(cfg, ["BTCUSDT"])["BTCUSDT"]
+    assert (again.written, again.hourly_bars) == (0, 2)  # nothing to derive, nothing written
     assert read_klines(cfg.market_dir, "1h", "BTCUSDT").equals(stored)
 
 
 def test_trailing_hour_without_its_last_minute_is_not_a_bar(tmp_path):
     cfg = _cfg(tmp_path)
     write_klines(cfg.market_dir, "1m", _tiny(), source="test")  # the 00:00 hour holds only 00:30
-    assert resample_hourly(cfg) == {"BTCUSDT": 1}
+    assert resample_hourly(cfg)["BTCUSDT"].derived == 1
     assert read_klines(cfg.market_dir, "1h", "BTCUSDT").column("open_time").cast(pa.int64()).to_pylist() == [T0]
 
 
@@ -136,11 +137,14 @@ def test_default_leaves_symbols_with_exchange_hourly_bars_alone(tmp_path):
     exchange = hours_from_minutes(_with_last_minute()).slice(0, 1)
     exchange = exchange.set_column(exchange.schema.get_field_index("volume"), "volume", pa.array([99.0]))
     write_klines(cfg.market_dir, "1h", exchange, source="rest")
-    assert resample_hourly(cfg) == {}
-    assert read_klines(cfg.market_dir, "1h", "BTCUSDT").column("volume").to_pylist() == [99.0]
+    r = resample_hourly(cfg)["BTCUSDT"]  # only the missing hour is derived
+    assert (r.derived, r.left, r.replaced) == (1, {"exchange": 1}, {})
+    volumes = read_klines(cfg.market_dir, "1h", "BTCUSDT").column("volume").to_pylist()
+    assert volumes == [99.0, hours_from_minutes(_with_last_minute()).column("volume")[1].as_py()]
 
 
 def test_resample_hourly_symbol_without_minutes(tmp_path):
     cfg = _cfg(tmp_path)
-    assert resample_hourly(cfg, ["ETHUSDT"]) == {"ETHUSDT": 0}
+    r = resample_hourly(cfg, ["ETHUSDT"])["ETHUSDT"]
+    assert (r.minutes, r.written) == (0, 0) and "nothing to derive" in str(r)
     assert not (cfg.market_dir / "hourly").exists() or not os.listdir(cfg.market_dir / "hourly")

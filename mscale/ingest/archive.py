@@ -8,7 +8,10 @@ one-line error. Guarantees of every table returned:
   truncated close time of a candle cut short by an outage;
 - rows in file order (the shard writer sorts and deduplicates);
 - a file whose bars do not fit `interval` (misaligned open times, or close times an interval apart
-  that is not `interval`) is rejected instead of being stored under the wrong interval.
+  that is not `interval`) is rejected instead of being stored under the wrong interval;
+- with `with_anomalies=True`, what the normalisation above removed stays visible: one boolean
+  column per kind in `mscale.store.ANOMALY_FLAGS` (a close time other than open + interval - 1 ms,
+  an open time in µs or finer), for the writer to count per shard.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow.csv as pacsv
 
 from mscale.errors import ChecksumError, MscaleError
 from mscale.schema import INTERVAL_MS, KLINE_SCHEMA, klines_from_arrays, validate_interval, validate_symbol
+from mscale.store import ANOMALY_FLAGS
 
 # The 12 columns of a Binance kline row, in archive order (the futures header names them so).
 ARCHIVE_COLUMNS = [
@@ -88,6 +92,7 @@ def klines_from_columns(
     columns: Mapping[str, pa.Array | pa.ChunkedArray | np.ndarray | None],
     *,
     name: str = "input",
+    with_anomalies: bool = False,
 ) -> pa.Table:
     """Build a KLINE_SCHEMA table from raw kline columns, checking they fit `interval`.
 
@@ -95,7 +100,9 @@ def klines_from_columns(
     `close`, `volume`, `quote_volume`, `trades`, `taker_buy_base`, `taker_buy_quote`; a column that
     is missing, or a NULL inside one, stays NULL in the result. `close_time` is only used to check
     the interval: the result's close time is always `open_time + interval`. `name` names the input
-    in error messages.
+    in error messages. `with_anomalies` appends the ANOMALY_FLAGS columns: `anomaly_close_time`
+    where a given close time was not `open_time + interval - 1 ms` (a NULL one is not counted),
+    `anomaly_us` where the open time was not in milliseconds.
     """
     validate_symbol(symbol)
     validate_interval(interval)
@@ -105,8 +112,10 @@ def klines_from_columns(
         raise MscaleError(f"{name}: no open_time column")
     if ot_arr.null_count:
         raise MscaleError(f"{name}: {ot_arr.null_count} rows have no open time; the file is damaged")
-    ot = to_millis(ot_arr.cast(pa.int64()).to_numpy(zero_copy_only=False))
+    ot_raw = ot_arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ot = to_millis(ot_raw)
     n = len(ot)
+    bad_close = np.zeros(n, dtype=bool)
 
     if n:
         bad = np.flatnonzero(ot % step)
@@ -118,7 +127,9 @@ def klines_from_columns(
         ct_arr = _arrow(columns.get("close_time"))
         if ct_arr is not None and ct_arr.null_count < n:
             ct = to_millis(ct_arr.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
-            span = (ct - ot)[ct_arr.is_valid().to_numpy(zero_copy_only=False)] + 1
+            valid = ct_arr.is_valid().to_numpy(zero_copy_only=False)
+            bad_close = valid & (ct != ot + step - 1)
+            span = (ct - ot)[valid] + 1
             typical = int(np.median(span))
             if abs(typical - step) > step // 2:
                 raise MscaleError(
@@ -153,6 +164,10 @@ def klines_from_columns(
         if arr is not None and arr.null_count:
             i = table.schema.get_field_index(key)
             table = table.set_column(i, table.schema.field(i), arr.cast(table.schema.field(i).type))
+    if with_anomalies:
+        flags = dict(zip(ANOMALY_FLAGS, (bad_close, ot_raw >= _US_FROM)))
+        for key, values in flags.items():
+            table = table.append_column(key, pa.array(values, pa.bool_()))
     return table
 
 
@@ -179,12 +194,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def parse_kline_csv(data: bytes, symbol: str, interval: str, *, name: str = "CSV") -> pa.Table:
+def parse_kline_csv(
+    data: bytes, symbol: str, interval: str, *, name: str = "CSV", with_anomalies: bool = False
+) -> pa.Table:
     """Parse one Binance archive kline CSV (spot or futures) into KLINE_SCHEMA.
 
     Accepts a header row or none (futures files have one, spot files do not; the columns are read
     by position, so any header wording works), ms or µs timestamps, and 6 to 12 columns (missing
-    trailing columns are NULL). Rows come back in file order with `close_time = open_time + interval`.
+    trailing columns are NULL). Rows come back in file order with `close_time = open_time + interval`
+    (`with_anomalies`: plus the flag columns of `klines_from_columns`).
     """
     validate_symbol(symbol)
     validate_interval(interval)
@@ -192,14 +210,14 @@ def parse_kline_csv(data: bytes, symbol: str, interval: str, *, name: str = "CSV
         data = data[3:]
     first = _first_line(data)
     if not first:
-        return KLINE_SCHEMA.empty_table()
+        return _empty(with_anomalies)
     fields = first.split(",")
     has_header = not _is_number(fields[0].strip())
     if has_header:
         rest = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
         first_data = _first_line(rest)
         if not first_data:
-            return KLINE_SCHEMA.empty_table()
+            return _empty(with_anomalies)
         ncols = len(first_data.split(","))
     else:
         ncols = len(fields)
@@ -223,7 +241,14 @@ def parse_kline_csv(data: bytes, symbol: str, interval: str, *, name: str = "CSV
     for src, dst in _TO_KLINE.items():
         if src in wanted:
             columns[dst] = table.column(src)
-    return klines_from_columns(symbol, interval, columns, name=name)
+    return klines_from_columns(symbol, interval, columns, name=name, with_anomalies=with_anomalies)
+
+
+def _empty(with_anomalies: bool) -> pa.Table:
+    table = KLINE_SCHEMA.empty_table()
+    for key in ANOMALY_FLAGS if with_anomalies else ():
+        table = table.append_column(key, pa.array([], pa.bool_()))
+    return table
 
 
 def unzip_single_csv(data: bytes, *, name: str = "archive zip") -> tuple[str, bytes]:

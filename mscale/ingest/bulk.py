@@ -9,7 +9,11 @@ Guarantees:
   `close_time = open_time + interval`;
 - `None` means the archive has no such file (HTTP 404), e.g. a month before the listing;
 - 5xx, 429/418, timeouts, dropped connections and truncated bodies are retried with exponential
-  backoff and jitter (honouring Retry-After); after `max_retries` retries DownloadError is raised.
+  backoff and jitter (honouring Retry-After); after `max_retries` retries DownloadError is raised;
+- a host that cannot be resolved or refuses the connection before it ever answered fails after a
+  second attempt (about a second later) with DownloadError naming the cause ("cannot resolve
+  data.binance.vision — offline? use --archive-url or import local files"); once it has answered,
+  those errors are retried like the others.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import requests
 
 from mscale.errors import ChecksumError, DownloadError, MscaleError
 from mscale.ingest.archive import read_archive_zip, verify_checksum
-from mscale.ingest.rest import retry_after_seconds
+from mscale.ingest.rest import UNREACHABLE_ATTEMPTS, UNREACHABLE_PAUSE_S, describe_error, retry_after_seconds, unreachable
 from mscale.schema import validate_interval, validate_symbol
 from mscale.store import month_bounds
 
@@ -63,6 +67,7 @@ class ArchiveClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.checksum_retries = checksum_retries
+        self._answered = False  # the host has sent an HTTP response: unreachable now means transient
 
     def monthly_url(self, symbol: str, interval: str, year: int, month: int) -> str:
         s, i = validate_symbol(symbol), validate_interval(interval)
@@ -122,8 +127,10 @@ class ArchiveClient:
         last = ""
         for attempt in range(self.max_retries + 1):
             retry_after = 0.0
+            pause = None
             try:
                 resp = self.session.get(url, timeout=self.timeout_s)
+                self._answered = True
                 status = resp.status_code
                 if status == 200:
                     body = resp.content
@@ -140,11 +147,17 @@ class ArchiveClient:
                 else:
                     raise DownloadError(f"{url}: HTTP {status} {resp.reason or ''}".rstrip())
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-                last = f"{type(e).__name__}: {str(e)[:160]}"
+                cause = None if isinstance(e, requests.Timeout) else unreachable(e, url, "--archive-url")
+                if cause and not self._answered:
+                    if attempt >= UNREACHABLE_ATTEMPTS - 1:
+                        raise DownloadError(cause) from None
+                    pause = min(self.backoff_base_s, UNREACHABLE_PAUSE_S)
+                last = cause or describe_error(e)
             if attempt == self.max_retries:
                 break
-            delay = max(retry_after, self._backoff(attempt))
-            log.warning("%s: %s; retry %d/%d in %.2f s", url, last, attempt + 1, self.max_retries, delay)
+            delay = pause if pause is not None else max(retry_after, self._backoff(attempt))
+            of = UNREACHABLE_ATTEMPTS - 1 if pause is not None else self.max_retries
+            log.warning("%s: %s; retry %d/%d in %.2f s", url, last, attempt + 1, of, delay)
             self.sleep(delay)
         raise DownloadError(f"{url}: failed after {self.max_retries} retries (last: {last})")
 

@@ -3,14 +3,21 @@
 Reads Binance archive zips and CSVs (spot or futures, header or not, ms or µs), freqtrade JSON
 (`[[open_time_ms, open, high, low, close, volume], ...]`, optionally gzipped) and pandas dumps of
 REST klines (a `timestamp` column among named columns). Guarantees:
-- every file's symbol and interval are settled (from `--symbol`/`--interval` or the file name,
-  the interval else from the bars themselves) before anything is written, so a bad name fails
-  the whole command up front with a one-line error;
-- rows go through the one writer `write_klines(..., source="import")` into `cfg.market_dir`
-  (spot or `um/`), so importing the same files again leaves identical shards;
+- every file's market, symbol and interval are settled before anything is written, so a bad
+  name fails the whole command up front with a one-line error. The market is what the path says
+  (`.../spot/...` -> spot, `.../futures/um/...` -> um, a freqtrade `*_USDT_USDT-1m-futures.json`
+  -> um; `.../futures/cm/...` is refused: coin-M is not stored), else `--market`, else the
+  config's; a `--market` that contradicts the path is an error. The symbol is what the file name
+  says; a `--symbol` that contradicts it is an error unless `rename_symbol` (`--rename-symbol`)
+  says to store the bars under the new name. The interval comes from `--interval` or the file
+  name, else from the bars themselves;
+- rows go through the one writer `write_klines(..., source="import", origin=<file name>)` into
+  the market's folder (spot or `um/`), so importing the same files again leaves identical shards;
 - a zip with a `.CHECKSUM` file next to it is verified before it is read;
 - fields a format lacks (e.g. freqtrade has no trade counts) are NULL, and close times are
-  `open_time + interval` whatever the file said.
+  `open_time + interval` whatever the file said. What that normalisation removed (close times
+  other than open + interval - 1 ms, timestamps in µs, repeated rows) is counted per shard and
+  file (`mscale.store.shard_anomalies`), for `mscale report`.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import io
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +45,12 @@ from mscale.ingest.archive import (
     verify_checksum,
 )
 from mscale.schema import INTERVAL_MS, INTERVALS, SYMBOL_RE, validate_interval, validate_symbol
-from mscale.store import write_klines
+from mscale.store import ANOMALY_FLAGS, write_klines
 
 log = logging.getLogger("mscale.ingest.local")
 
 SUFFIXES = (".zip", ".csv", ".json", ".json.gz")
+MARKETS = ("spot", "um")
 
 _INTERVAL_TOKEN = r"(\d+[smhdwM])"
 # BTCUSDT-1m-2023-08 / BTCUSDT-1m-2023-08-01 (archive monthly / daily)
@@ -50,7 +58,7 @@ _ARCHIVE_NAME = re.compile(rf"^([A-Za-z0-9]{{2,20}})-{_INTERVAL_TOKEN}-\d{{4}}-\
 # Outside the dated archive names a symbol must be spelled in capitals, as Binance does, so that
 # "download.csv" or "klines_1m.csv" are not read as symbols DOWNLOAD and KLINES.
 # BTC_USDT-1m, BTC_USDT_USDT-1m-futures (freqtrade)
-_FREQTRADE_NAME = re.compile(rf"^([A-Z0-9]+)_([A-Z0-9]+)(?:_([A-Z0-9]+))?-{_INTERVAL_TOKEN}(?:-[a-z_]+)?$")
+_FREQTRADE_NAME = re.compile(rf"^([A-Z0-9]+)_([A-Z0-9]+)(?:_([A-Z0-9]+))?-{_INTERVAL_TOKEN}(-[a-z_]+)?$")
 # BTCUSDT_1m, BTCUSDT-1m (REST dumps and the like)
 _PLAIN_NAME = re.compile(rf"^([A-Z0-9]{{2,20}})[-_]{_INTERVAL_TOKEN}$")
 # BTCUSDT
@@ -84,11 +92,14 @@ class ImportedFile:
     duplicates_dropped: int  # repeated open times inside the file (the last one is kept)
     rows_replaced: int  # stored rows overwritten by this file's rows
     shards: tuple[str, ...]  # shard paths written
+    market: str = "spot"
+    market_dir: Path | None = None
+    anomalies: dict[str, int] = field(default_factory=dict)  # rows per ANOMALY_FLAGS kind, normalised away
 
 
 @dataclass
 class ImportSummary:
-    market_dir: Path
+    market_dir: Path  # the configured market's folder; files may have gone to another (`ImportedFile.market_dir`)
     files: list[ImportedFile] = field(default_factory=list)
 
     @property
@@ -103,14 +114,24 @@ class ImportSummary:
         """Human-readable lines, one per file and a total, for the command line."""
         out = [
             f"{f.path.name}: {f.symbol} {f.interval}, {f.rows} rows, {f.duplicates_dropped} duplicates dropped, "
-            f"{len(f.shards)} shard(s)"
+            f"{len(f.shards)} shard(s){_anomaly_text(f.anomalies)}"
             for f in self.files
         ]
-        out.append(f"imported {len(self.files)} file(s), {self.rows} rows into {self.market_dir}")
+        dirs = {(f.market, f.market_dir or self.market_dir) for f in self.files} or {(None, self.market_dir)}
+        where = " and ".join(f"{d} ({m})" if m else str(d) for m, d in sorted(dirs, key=lambda x: str(x[1])))
+        out.append(f"imported {len(self.files)} file(s), {self.rows} rows into {where}")
         return out
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
+
+
+def _anomaly_text(anomalies: dict[str, int]) -> str:
+    close, micros = (anomalies.get(k, 0) for k in ANOMALY_FLAGS.values())
+    if not close and not micros:
+        return ""
+    return (f"; normalised {close} close time(s) not open + interval - 1 ms, "
+            f"{micros} timestamp(s) in µs")
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,7 @@ class _Plan:
     kind: str  # zip | csv | json
     symbol: str
     interval: str | None  # None: infer from the bars
+    market: str
 
 
 def import_paths(
@@ -127,21 +149,35 @@ def import_paths(
     *,
     symbol: str | None = None,
     interval: str | None = None,
+    market: str | None = None,
+    rename_symbol: bool = False,
 ) -> ImportSummary:
-    """Import local kline files (or every supported file under the given folders) into `cfg.market_dir`.
+    """Import local kline files (or every supported file under the given folders) into their market's folder.
 
-    `symbol`/`interval` override what the file names say. Raises MscaleError, before writing
-    anything, when a path is missing, unsupported, or names no symbol and none was given.
+    `market` is the market the user named (`--market`), None when not named; `cfg.market` is
+    the fallback for paths that do not say. `symbol` names files whose names do not; it may
+    differ from a name's symbol only with `rename_symbol`. `interval` overrides the file names.
+    Raises MscaleError, before writing anything, when a path is missing, unsupported, coin-M,
+    in another market than `market`, names another symbol than `symbol`, or names no symbol and
+    none was given.
     """
     if symbol is not None:
         symbol = validate_symbol(symbol.upper())
+    elif rename_symbol:
+        raise MscaleError("--rename-symbol needs --symbol (the name to store the bars under)")
     if interval is not None:
         validate_interval(interval)
-    plans = [_plan(p, symbol, interval) for p in _expand(paths)]
+    if market is not None and market not in MARKETS:
+        raise MscaleError(f"unknown market {market!r}: use spot or um")
+    plans = [_plan(p, symbol, interval, market=market, default_market=cfg.market, rename_symbol=rename_symbol)
+             for p in _expand(paths)]
     summary = ImportSummary(market_dir=cfg.market_dir)
     for plan in plans:
         table, itv = _read(plan)
-        result = write_klines(cfg.market_dir, itv, table, source="import")
+        anomalies = {ANOMALY_FLAGS[c]: int(np.count_nonzero(table.column(c).to_numpy(zero_copy_only=False)))
+                     for c in ANOMALY_FLAGS if c in table.column_names}
+        market_dir = replace(cfg, market=plan.market).market_dir
+        result = write_klines(market_dir, itv, table, source="import", origin=plan.path.name)
         summary.files.append(
             ImportedFile(
                 path=plan.path,
@@ -151,9 +187,13 @@ def import_paths(
                 duplicates_dropped=result.duplicates_dropped,
                 rows_replaced=result.rows_replaced,
                 shards=tuple(result.shards),
+                market=plan.market,
+                market_dir=market_dir,
+                anomalies=anomalies,
             )
         )
-        log.debug("%s: %s %s, %d rows (%d duplicates dropped)", plan.path, plan.symbol, itv, table.num_rows, result.duplicates_dropped)
+        log.debug("%s: %s %s %s, %d rows (%d duplicates dropped, anomalies %s)", plan.path, plan.market, plan.symbol,
+                  itv, table.num_rows, result.duplicates_dropped, anomalies)
     return summary
 
 
@@ -220,17 +260,58 @@ def _symbol_or_none(text: str) -> str | None:
     return text if SYMBOL_RE.match(text) else None
 
 
-def _plan(path: Path, symbol: str | None, interval: str | None) -> _Plan:
+_COIN_M = "coin-M futures are not supported: mscale stores spot and USDⓈ-M (futures/um) klines"
+
+
+def market_of_path(path: Path) -> tuple[str, str] | None:
+    """(market, what said so) as a file's path states it, None when it does not say.
+
+    The folder nearest the file wins: Binance's archive layout `.../spot/...` -> spot and
+    `.../futures/um/...` -> um; freqtrade's futures files `BASE_QUOTE_QUOTE-<interval>-futures.json`
+    -> um. Coin-M (`.../futures/cm/...`, or a freqtrade futures file settled in another currency
+    than its quote) raises MscaleError.
+    """
+    path = Path(path)
+    folders = [p.lower() for p in path.absolute().parts[:-1]]
+    for i in range(len(folders) - 1, -1, -1):
+        if folders[i] == "spot":
+            return "spot", "spot/"
+        if folders[i] == "futures" and i + 1 < len(folders) and folders[i + 1] in ("um", "cm"):
+            if folders[i + 1] == "cm":
+                raise MscaleError(f"{path}: its path is under futures/cm/; {_COIN_M}")
+            return "um", "futures/um/"
+    m = _FREQTRADE_NAME.match(_stem(path))
+    if m and m[5] == "-futures":
+        if m[3] and m[3] != m[2]:
+            raise MscaleError(f"{path}: a futures file settled in {m[3]}, not {m[2]}; {_COIN_M}")
+        return "um", "a freqtrade -futures name"
+    return None
+
+
+def _plan(
+    path: Path, symbol: str | None, interval: str | None, *, market: str | None, default_market: str, rename_symbol: bool
+) -> _Plan:
     kind = _kind(path)
     assert kind is not None
+    stated = market_of_path(path)
+    if stated and market and stated[0] != market:
+        raise MscaleError(
+            f"{path}: its path says {stated[0]} ({stated[1]}), but --market {market} was given; "
+            f"drop --market or use --market {stated[0]}"
+        )
     named_symbol, named_interval = infer_from_name(path.name)
+    if symbol and named_symbol and symbol != named_symbol and not rename_symbol:
+        raise MscaleError(
+            f"{path}: the file name says {named_symbol}, but --symbol {symbol} was given; "
+            f"pass --rename-symbol to store these bars as {symbol} anyway"
+        )
     sym = symbol or named_symbol
     if sym is None:
         raise MscaleError(f"{path}: cannot tell the symbol from the file name; pass --symbol (e.g. --symbol BTCUSDT)")
     itv = interval or named_interval
     if itv is not None and itv not in INTERVALS:
         raise MscaleError(f"{path}: interval {itv!r} is not stored by mscale; import {' or '.join(INTERVALS)} files")
-    return _Plan(path, kind, sym, itv)
+    return _Plan(path, kind, sym, itv, stated[0] if stated else (market or default_market))
 
 
 def _read(plan: _Plan) -> tuple[pa.Table, str]:
@@ -246,13 +327,13 @@ def _read(plan: _Plan) -> tuple[pa.Table, str]:
             verify_checksum(data, checksum.read_text(errors="replace"), plan.path.name)
         member, payload = unzip_single_csv(data, name=name)
         itv = plan.interval or _interval_of_csv(payload, name)
-        return parse_kline_csv(payload, plan.symbol, itv, name=f"{name}:{member}"), itv
+        return parse_kline_csv(payload, plan.symbol, itv, name=f"{name}:{member}", with_anomalies=True), itv
     if plan.kind == "json":
         return _read_freqtrade(data, plan, name)
     if _is_named_dump(data):
         return _read_rest_dump(data, plan, name)
     itv = plan.interval or _interval_of_csv(data, name)
-    return parse_kline_csv(data, plan.symbol, itv, name=name), itv
+    return parse_kline_csv(data, plan.symbol, itv, name=name, with_anomalies=True), itv
 
 
 def _interval_from_bars(open_time_ms: np.ndarray, close_time_ms: np.ndarray | None, name: str) -> str:
@@ -308,7 +389,7 @@ def _read_freqtrade(data: bytes, plan: _Plan, name: str) -> tuple[pa.Table, str]
     open_time = to_millis(arr[:, 0].astype(np.int64))
     itv = plan.interval or _interval_from_bars(open_time, None, name)
     columns = {"open_time": open_time, **{k: arr[:, i + 1] for i, k in enumerate(["open", "high", "low", "close", "volume"])}}
-    return klines_from_columns(plan.symbol, itv, columns, name=name), itv
+    return klines_from_columns(plan.symbol, itv, columns, name=name, with_anomalies=True), itv
 
 
 def _is_named_dump(data: bytes) -> bool:
@@ -351,4 +432,4 @@ def _read_rest_dump(data: bytes, plan: _Plan, name: str) -> tuple[pa.Table, str]
         itv = _interval_from_bars(ot, ct, name)
     else:
         itv = plan.interval
-    return klines_from_columns(plan.symbol, itv, columns, name=name), itv
+    return klines_from_columns(plan.symbol, itv, columns, name=name, with_anomalies=True), itv

@@ -17,7 +17,11 @@ Guarantees of `RestClient.klines(symbol, interval, start_ms, end_ms)`:
   network errors; until the next minute once `X-MBX-USED-WEIGHT-1M` passes
   `weight_slowdown * weight_limit`;
 - Binance error -1121 raises UnknownSymbolError naming the symbol; any other rejected request, or
-  a request still failing after `max_retries` retries, raises DownloadError naming the URL.
+  a request still failing after `max_retries` retries, raises DownloadError naming the URL;
+- a host that cannot be resolved, or refuses the connection, before it ever answered is not a
+  transient fault but a wrong URL or no network: after a second attempt (within about a second)
+  DownloadError says so in one line ("cannot resolve data-api.binance.vision — offline? ...").
+  Once the host has answered, the same errors are retried with the backoff above (a restart).
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import json
 import logging
 import math
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -220,6 +226,7 @@ class RestClient:
         self._last_request: float | None = None
         self._not_before = 0.0
         self._server_time: float | None = None
+        self._answered = False  # the host has sent an HTTP response: unreachable now means transient
 
     @classmethod
     def from_settings(cls, settings: IngestSettings, *, market: str = "spot", **overrides) -> "RestClient":
@@ -315,7 +322,8 @@ class RestClient:
             if attempt > self.max_retries:
                 raise DownloadError(f"GET {url} failed after {attempt} attempts; last error: {reason}")
             self.stats.retries += 1
-            log.warning("GET %s: %s; retry %d/%d in %.2fs", url, reason, attempt, self.max_retries, delay)
+            of = UNREACHABLE_ATTEMPTS - 1 if isinstance(reason, Unreachable) else self.max_retries
+            log.warning("GET %s: %s; retry %d/%d in %.2fs", url, reason, attempt, of, delay)
             self._not_before = max(self._not_before, self.clock() + delay)
 
     def _try(self, url: str, symbol: str, interval: str, attempt: int) -> tuple[pa.Table | str, float]:
@@ -326,11 +334,17 @@ class RestClient:
 
         try:
             resp = self.session.get(url, timeout=self.timeout_s)
+            self._answered = True
             body = resp.content  # reads the whole body; a reset or short body raises here
         except requests.Timeout:
             return f"no answer within {self.timeout_s}s", backoff()
         except requests.RequestException as e:
-            return f"connection failed ({type(e).__name__}: {str(e)[:120]})", backoff()
+            cause = unreachable(e, url, "--base-url")
+            if cause and not self._answered:
+                if attempt >= UNREACHABLE_ATTEMPTS - 1:
+                    raise DownloadError(cause) from None
+                return Unreachable(cause), min(self.backoff_base_s, UNREACHABLE_PAUSE_S)
+            return f"connection failed ({describe_error(e)})", backoff()
         finally:
             self._last_request = self.clock()
         self._note_weight(resp.headers.get(WEIGHT_HEADER))
@@ -399,6 +413,56 @@ class RestClient:
             self.stats.weight_waits += 1
             log.info("used weight %d of %d: pausing %.1fs until the next minute", used, self.weight_limit,
                      next_minute - now)
+
+
+UNREACHABLE_ATTEMPTS = 2  # a host never reached: one quick retry, then the cause
+UNREACHABLE_PAUSE_S = 1.0
+
+
+class Unreachable(str):
+    """The reason of a failed attempt that found the host unresolvable or refusing (see `unreachable`)."""
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """`e` and the exceptions behind it: causes, contexts, and what requests and urllib3 wrap
+    (`args[0]`, a MaxRetryError's `reason`), outermost first."""
+    seen: list[BaseException] = []
+    todo = [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or any(x is y for y in seen):
+            continue
+        seen.append(x)
+        wrapped = [getattr(x, "reason", None), x.__cause__, x.__context__]
+        wrapped += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+        todo += [w for w in wrapped if isinstance(w, BaseException)]
+    return seen
+
+
+def unreachable(e: BaseException, url: str, flag: str) -> str | None:
+    """The one-line cause when `e` says the host of `url` cannot be resolved or refuses
+    connections (None for any other error); `flag` is the option that changes the URL."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    hint = f"use {flag} or import local files"
+    chain = _chain(e)
+    names = {type(x).__name__ for x in chain}
+    if any(isinstance(x, socket.gaierror) for x in chain) or "NameResolutionError" in names:
+        return f"cannot resolve {host} — offline? {hint}"
+    if any(isinstance(x, ConnectionRefusedError) for x in chain):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"cannot connect to {host}:{port} (connection refused) — is the server up? {hint}"
+    return None
+
+
+def describe_error(e: BaseException) -> str:
+    """What went wrong, in one short line: the innermost error with a message (urllib3's
+    "HTTPConnectionPool(...): Max retries exceeded ... (Caused by" wrapping left out)."""
+    for x in reversed(_chain(e)):
+        text = " ".join(str(x).split())
+        if text and "Max retries exceeded" not in text:
+            return f"{type(x).__name__}: {text[:160]}"
+    return type(e).__name__
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -8,6 +8,9 @@ Guarantees:
   `batch_rows`, one archive day, one archive month), so a kill loses at most the batch in flight
   and a re-run continues from what is stored: it fetches only the spans of the requested window
   the shard does not hold (after the last stored row, before the first, and inside holes);
+- Ctrl-C (KeyboardInterrupt) puts the shard of the month in flight back exactly as it was before
+  this run touched it (`mscale.interrupts.Undo`): every shard is then either as before the run
+  or as a complete run leaves it, and a re-run resumes at that month;
 - a shard is marked complete only for a past month whose whole calendar month was requested and
   fetched: from REST to the end of the month, or as the archive's monthly file. Complete shards
   are skipped (no request at all) unless `force`;
@@ -43,6 +46,7 @@ from tqdm import tqdm
 from mscale.config import Config
 from mscale.errors import ChecksumError, MscaleError, UnknownSymbolError
 from mscale.ingest.rest import RestClient
+from mscale.interrupts import Undo, check_interrupted, interrupt_requested, remove_stale_undo
 from mscale.schema import INTERVAL_MS, KLINE_SCHEMA, validate_interval, validate_symbol
 from mscale.store import (
     META_SOURCE,
@@ -156,6 +160,7 @@ def ingest(
         log.info("--end %s is in the future; fetching up to now", end_day)
         end_day = today
     _check_writable(cfg.market_dir)
+    remove_stale_undo(cfg.market_dir)
     _refuse_synthetic(cfg.market_dir, syms, interval)
     if source in ("rest", "auto") and rest is None:
         rest = RestClient.from_settings(cfg.ingest, market=cfg.market)
@@ -236,6 +241,20 @@ class _Run:
             return
         past = m_end <= self.today_ms
         whole = past and a == m_start and b == m_end  # may be marked complete once fetched
+        # Ctrl-C puts this month's shard back as it was: no month is left half fetched by an
+        # interrupt (a kill keeps the batches written, and a re-run fills the rest)
+        undo = Undo(lambda: shard_paths(self.market_dir, self.interval, sym, year, month), self.market_dir)
+        try:
+            self._fetch_month(sym, year, month, a, b, past, whole, summ)
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) or interrupt_requested():  # or an error the interrupt caused
+                undo.restore()
+            raise
+        finally:
+            undo.discard()
+
+    def _fetch_month(self, sym: str, year: int, month: int, a: int, b: int, past: bool, whole: bool,
+                     summ: SymbolSummary) -> None:
         label = f"{sym} {year:04d}-{month:02d}"
         with tqdm(total=None, desc=label, unit="rows", unit_scale=True, leave=False, disable=not self.show,
                   file=sys.stderr) as bar:
@@ -312,6 +331,7 @@ class _Run:
         try:
             for s, e in spans:
                 for page in rest.klines(sym, self.interval, s, e):
+                    check_interrupted()  # a Ctrl-C some library swallowed
                     buf.append(page)
                     n += page.num_rows
                     dups, seen = dups + rest.stats.overlap_dropped - seen, rest.stats.overlap_dropped
@@ -361,6 +381,7 @@ class _Run:
         if complete and res.shards:
             summ.months_completed += 1
         bar.update(table.num_rows)
+        check_interrupted()
 
     def _mark_complete(self, sym: str, year: int, month: int, summ: SymbolSummary, dups: int = 0) -> None:
         """Mark a fully fetched month complete, its stored rows unchanged; `dups` go with it."""

@@ -8,9 +8,14 @@ What a report states, per symbol and per interval (1m and 1h):
   than `open_time + interval`. A comparison with a NULL field is not a violation (min/max over
   open and close skip a NULL one);
 - zero-volume bars (halts) and the longest runs of consecutive zero-volume bars;
-- duplicates dropped on ingestion and the sources, both summed from shard metadata;
+- duplicates dropped on ingestion and the sources, both summed from shard metadata, and the
+  source anomalies that normalisation removed on import (close times that were not
+  open + interval - 1 ms, timestamps in µs, repeated rows), per shard and in total;
+- how many hourly bars came from each source (exchange, import, resampled, ...);
 - a reconciliation of each hourly bar against the minute bars inside its hour, for the hours
-  whose 60 minutes are all present.
+  whose 60 minutes are all present and whose bar did not come from those minutes (a resampled
+  or synthetic bar would only compare the minutes with themselves): such bars are counted as
+  skipped, with the reason, never compared.
 
 Nothing here modifies data; `write_report` is the only function that writes, and it writes
 atomically.
@@ -32,11 +37,16 @@ import pyarrow as pa
 from mscale.config import Config
 from mscale.schema import INTERVAL_MS, KLINE_SCHEMA, validate_symbol
 from mscale.store import (
+    ANOMALY_KEYS,
+    DERIVED_SOURCES,
     META_DUPLICATES,
     META_SOURCE,
+    SOURCE_COLUMN,
+    UNKNOWN_SOURCE,
     dedupe_sorted,
     list_shards,
     read_klines,
+    shard_anomalies,
     shard_metadata,
     symbols_with_data,
     write_text_atomic,
@@ -161,9 +171,13 @@ def _violations(table: pa.Table, step: int) -> dict[str, int]:
 
 
 def _interval_section(table: pa.Table, step: int, top: int) -> tuple[dict[str, Any], pa.Table]:
-    """The per-interval part of a report, and the table sorted and deduplicated by open_time."""
+    """The per-interval part of a report, and the table sorted and deduplicated by open_time
+    (keeping a `source` column when the input has one)."""
     rows = table.num_rows
-    table, dup_rows = dedupe_sorted(table.select(KLINE_SCHEMA.names).cast(KLINE_SCHEMA))
+    typed = table.select(KLINE_SCHEMA.names).cast(KLINE_SCHEMA)
+    if SOURCE_COLUMN in table.column_names:
+        typed = typed.append_column(SOURCE_COLUMN, table.column(SOURCE_COLUMN).cast(pa.string()))
+    table, dup_rows = dedupe_sorted(typed)
     ot = _ms(table, "open_time")
     first = int(ot[0]) if len(ot) else None
     last = int(ot[-1]) if len(ot) else None
@@ -185,6 +199,10 @@ def _interval_section(table: pa.Table, step: int, top: int) -> tuple[dict[str, A
         "zero_volume": int(np.count_nonzero(volume == 0)),
         "longest_zero_volume_runs": _zero_volume_runs(ot, volume, step, top),
     }
+    if SOURCE_COLUMN in table.column_names:
+        names, counts = np.unique(np.asarray(table.column(SOURCE_COLUMN).fill_null(UNKNOWN_SOURCE).to_pylist(), dtype=object),
+                                  return_counts=True)
+        section["sources"] = {str(n): int(c) for n, c in zip(names, counts)}
     return section, table
 
 
@@ -220,22 +238,42 @@ def _minute_aggregates(minutes: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[
     return hour[starts], counts, agg
 
 
-def _reconcile(minutes: pa.Table, hours: pa.Table) -> dict[str, Any]:
-    """Compare every hourly bar whose hour has all 60 minutes against those minutes.
+SKIP_REASONS = {
+    "hours_skipped_derived_from_minutes": "derived from these minutes (resampled or synthetic): "
+                                          "comparing them would compare the minutes with themselves",
+    "hours_skipped_unknown_source": "of unknown source (written before mscale recorded each bar's source, "
+                                    "by several writers): they may be derived from these minutes",
+}
 
-    A field is compared when both sides are non-NULL (a source without, e.g., quote volume is
-    not contradicted by one that has it). Prices must agree to a relative 1e-12, volumes to
-    1e-9, trades exactly.
+
+def _reconcile(minutes: pa.Table, hours: pa.Table) -> dict[str, Any]:
+    """Compare every hourly bar whose hour has all 60 minutes against those minutes, unless the
+    bar came from those minutes.
+
+    When `hours` has a `source` column, bars whose source is resampled or synthetic (derived from
+    the minutes) or unknown are skipped first and counted with their reason; without the column
+    the caller vouches that no bar came from the minutes. A field is compared when both sides are
+    non-NULL (a source without, e.g., quote volume is not contradicted by one that has it). Prices
+    must agree to a relative 1e-12, volumes to 1e-9, trades exactly.
     """
-    hour_ot = _ms(hours, "open_time")
+    if SOURCE_COLUMN in hours.column_names:
+        source = np.asarray(hours.column(SOURCE_COLUMN).fill_null(UNKNOWN_SOURCE).to_pylist(), dtype=object)
+        derived = np.isin(source, list(DERIVED_SOURCES))
+        unknown = source == UNKNOWN_SOURCE
+    else:
+        derived = unknown = np.zeros(hours.num_rows, dtype=bool)
     result: dict[str, Any] = {
-        "hourly_bars": int(len(hour_ot)),
+        "hourly_bars": int(hours.num_rows),
         "hours_compared": 0,
+        "hours_skipped_derived_from_minutes": int(np.count_nonzero(derived)),
+        "hours_skipped_unknown_source": int(np.count_nonzero(unknown)),
         "hours_skipped_incomplete": 0,  # 1..59 minutes present
         "hours_skipped_no_minutes": 0,
         "mismatching_hours": 0,
         "mismatches": [],
     }
+    hours = hours.filter(pa.array(~(derived | unknown)))
+    hour_ot = _ms(hours, "open_time")
     if len(hour_ot) == 0:
         return result
     if minutes.num_rows:
@@ -294,14 +332,18 @@ def symbol_report(
     sources: list[str],
     duplicates_dropped: int,
     top_gaps: int = 5,
+    anomalies: dict[str, Any] | None = None,
 ) -> dict:
-    """The data-quality record of one symbol from its 1m and 1h tables (KLINE_SCHEMA, either empty).
+    """The data-quality record of one symbol from its 1m and 1h tables (KLINE_SCHEMA, either empty;
+    `hours` may carry each bar's `source`).
 
     Pure: reads only its arguments. Tables need not be sorted; repeated open_times are counted
     (`duplicate_open_times`) and the last row of each is used. `sources` and `duplicates_dropped`
-    come from shard metadata; a "synthetic" source sets `synthetic: true`. Gaps and zero-volume
-    runs list the `top_gaps` largest, largest first. The reconciliation compares only hours with
-    all 60 minutes present (skipped hours are counted, never flagged).
+    come from shard metadata; a "synthetic" source sets `synthetic: true`. `anomalies` (from
+    `shard_anomalies`, as `_shard_meta` sums them) is reported as `source_anomalies`. Gaps and
+    zero-volume runs list the `top_gaps` largest, largest first. The reconciliation compares only
+    hours with all 60 minutes present whose bar did not come from the minutes (skipped hours are
+    counted by reason, never flagged).
     """
     validate_symbol(symbol)
     m_section, m_table = _interval_section(minutes, MINUTE_MS, top_gaps)
@@ -312,15 +354,25 @@ def symbol_report(
         "sources": srcs,
         "synthetic": "synthetic" in srcs,
         "duplicates_dropped": int(duplicates_dropped),
+        "source_anomalies": anomalies or _no_anomalies(),
         "minutes": m_section,
         "hours": h_section,
         "reconciliation": _reconcile(m_table, h_table),
     }
 
 
-def _shard_meta(cfg: Config, symbol: str) -> tuple[list[str], int]:
+def _no_anomalies() -> dict[str, Any]:
+    return {**{k: 0 for k in ANOMALY_KEYS}, "by_shard": {}}
+
+
+def _shard_meta(cfg: Config, symbol: str) -> tuple[list[str], int, dict[str, Any]]:
+    """(sources, duplicates dropped, source anomalies) of a symbol's shards, from their metadata.
+
+    Anomalies are summed per shard over the files imported into it (`by_shard` lists the shards
+    with any) and in total; the duplicates an import dropped count in both."""
     sources: set[str] = set()
     dups = 0
+    anomalies = _no_anomalies()
     for interval in ("1m", "1h"):
         for shard in list_shards(cfg.market_dir, interval, symbol):
             meta = shard_metadata(shard.path)
@@ -329,7 +381,16 @@ def _shard_meta(cfg: Config, symbol: str) -> tuple[list[str], int]:
                 dups += int(meta.get(META_DUPLICATES, b"0"))
             except ValueError:
                 log.warning("%s: unreadable %s in its metadata; counted as 0", shard.path, META_DUPLICATES.decode())
-    return sorted(sources), dups
+            per_shard = {k: 0 for k in ANOMALY_KEYS}
+            for counts in shard_anomalies(shard.path).values():
+                for k in ANOMALY_KEYS:
+                    per_shard[k] += counts[k]
+            dups += per_shard["duplicates_dropped"]
+            if any(per_shard.values()):
+                anomalies["by_shard"][shard.path.name] = per_shard
+                for k in ANOMALY_KEYS:
+                    anomalies[k] += per_shard[k]
+    return sorted(sources), dups, anomalies
 
 
 def build_report(cfg: Config, symbols: list[str] | None = None) -> list[dict]:
@@ -344,11 +405,11 @@ def build_report(cfg: Config, symbols: list[str] | None = None) -> list[dict]:
     reports = []
     for symbol in todo:
         minutes = read_klines(cfg.market_dir, "1m", symbol)
-        hours = read_klines(cfg.market_dir, "1h", symbol)
+        hours = read_klines(cfg.market_dir, "1h", symbol, with_source=True)
         if minutes.num_rows == 0 and hours.num_rows == 0:
             log.warning("%s: no shards under %s", symbol, cfg.market_dir)
-        sources, dups = _shard_meta(cfg, symbol)
-        rep = symbol_report(minutes, hours, symbol=symbol, sources=sources, duplicates_dropped=dups)
+        sources, dups, anomalies = _shard_meta(cfg, symbol)
+        rep = symbol_report(minutes, hours, symbol=symbol, sources=sources, duplicates_dropped=dups, anomalies=anomalies)
         log.info(
             "%s: %d minutes (%s%% missing), %d hours, %d mismatching hours",
             symbol,
@@ -373,6 +434,9 @@ def flat_row(rep: dict) -> dict[str, Any]:
         "sources": ";".join(rep["sources"]),
         "duplicates_dropped": rep["duplicates_dropped"],
     }
+    anomalies = rep.get("source_anomalies") or _no_anomalies()
+    row.update({f"source_{k}": anomalies[k] for k in ANOMALY_KEYS})
+    row["hour_sources"] = ";".join(f"{k}={v}" for k, v in sorted(rep["hours"].get("sources", {}).items()))
     for prefix, key in (("minute", "minutes"), ("hour", "hours")):
         s = rep[key]
         row.update(
@@ -395,6 +459,8 @@ def flat_row(rep: dict) -> dict[str, Any]:
     row.update(
         {
             "recon_hours_compared": r["hours_compared"],
+            "recon_hours_skipped_derived_from_minutes": r.get("hours_skipped_derived_from_minutes", 0),
+            "recon_hours_skipped_unknown_source": r.get("hours_skipped_unknown_source", 0),
             "recon_hours_skipped_incomplete": r["hours_skipped_incomplete"],
             "recon_hours_skipped_no_minutes": r["hours_skipped_no_minutes"],
             "recon_mismatching_hours": r["mismatching_hours"],
@@ -444,7 +510,7 @@ def format_report(reports: list[dict]) -> str:
         m, h, r = rep["minutes"], rep["hours"], rep["reconciliation"]
         largest = m["largest_gaps"][0] if m["largest_gaps"] else None
         viol = sum(m["violations"].values()) + sum(h["violations"].values())
-        skipped = r["hours_skipped_incomplete"] + r["hours_skipped_no_minutes"]
+        skipped = r["hours_skipped_incomplete"] + r["hours_skipped_no_minutes"] + sum(r.get(k, 0) for k in SKIP_REASONS)
         lines.append(
             (
                 rep["symbol"],
@@ -468,4 +534,29 @@ def format_report(reports: list[dict]) -> str:
         out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    notes = [note for rep in reports for note in _notes(rep)]
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
+def _notes(rep: dict) -> list[str]:
+    """Lines under the table: what normalisation removed from the sources, and the hours the
+    reconciliation skipped because of where their bars came from."""
+    out = []
+    a = rep.get("source_anomalies") or _no_anomalies()
+    found = [
+        f"{a[key]:,} {text}"
+        for key, text in (
+            ("close_time_not_open_plus_interval_minus_1ms", "close time not open + interval - 1 ms"),
+            ("timestamps_in_us", "timestamp in µs"),
+            ("duplicates_dropped", "repeated row dropped"),
+        )
+        if a.get(key)
+    ]
+    if found:
+        out.append(f"{rep['symbol']}: normalised on import: {', '.join(found)} "
+                   f"(in {', '.join(sorted(a['by_shard']))})")
+    r = rep["reconciliation"]
+    for key, why in SKIP_REASONS.items():
+        if r.get(key):
+            out.append(f"{rep['symbol']}: reconciliation skipped {r[key]:,} hourly bars {why}")
+    return out

@@ -47,6 +47,8 @@ class ColumnVerdict:
 class AuditResult:
     cuts: list[tuple[str, datetime]] = field(default_factory=list)
     columns: dict[tuple[str, str], ColumnVerdict] = field(default_factory=dict)
+    comparisons: int = 0  # (cut, column) pairs compared, each on the truncated and the poisoned copy
+    rows_compared: int = 0  # rows at ts <= cut, summed over cuts and relations
 
     @property
     def ok(self) -> bool:
@@ -86,7 +88,8 @@ def _relations(con, models: list[r.Model]) -> list[str]:
     return out
 
 
-def _compute_all(sql_dir: Path, data_dir: Path, params: r.RenderParams, cut: datetime) -> dict[str, pa.Table]:
+def _compute_all(sql_dir: Path, data_dir: Path, params: r.RenderParams, cut: datetime,
+                 extra_dirs: tuple[Path, ...] = ()) -> dict[str, pa.Table]:
     """Every feature relation over the shards in `data_dir`, rows with ts <= cut, sorted by (symbol, ts)."""
     minute = sorted(str(s.path) for s in list_shards(data_dir, "1m"))
     hourly = sorted(str(s.path) for s in list_shards(data_dir, "1h"))
@@ -95,7 +98,7 @@ def _compute_all(sql_dir: Path, data_dir: Path, params: r.RenderParams, cut: dat
     con = connect()
     con.execute("set threads = 1")
     try:
-        models = create_views(con, sql_dir, p, layers=("sources", "staging") + r.FEATURE_LAYERS)
+        models = create_views(con, sql_dir, p, layers=("sources", "staging") + r.FEATURE_LAYERS, extra_dirs=extra_dirs)
         return {
             name: con.execute(f"select * from {name} where ts <= ? order by symbol, ts", [cut]).to_arrow_table()
             for name in _relations(con, models)
@@ -130,8 +133,12 @@ def audit(
     seed: int = 0,
     sql_dir: Path | None = None,
 ) -> AuditResult:
-    """Run the truncation and poisoning leak test at `cuts` random decision times."""
+    """Run the truncation and poisoning leak test at `cuts` random decision times (at least one: an
+    audit that compares nothing cannot fail, so it is refused, and so is one that found no rows)."""
+    if isinstance(cuts, bool) or not isinstance(cuts, int) or cuts < 1:
+        raise MscaleError(f"--cuts must be a whole number >= 1, got {cuts!r}: an audit with no cut compares nothing")
     sql_dir = Path(sql_dir or cfg.sql_dir)
+    extra_dirs = cfg.extra_feature_dirs if sql_dir == cfg.sql_dir else ()
     hourly = list_shards(cfg.market_dir, "1h")
     available = sorted({s.symbol for s in hourly})
     if not available:
@@ -169,12 +176,14 @@ def audit(
                                 table = _cut_tables(table, cut_ms, variant)
                             if table.num_rows:
                                 write_klines(root, interval, table)
-                variants[variant] = _compute_all(sql_dir, root, params, cut)
+                variants[variant] = _compute_all(sql_dir, root, params, cut, extra_dirs)
             for relation, original in variants["original"].items():
+                result.rows_compared += original.num_rows
                 for column in original.column_names:
                     if column in ("symbol", "ts"):
                         continue
                     verdict = result.columns.setdefault((relation, column), ColumnVerdict(relation, column))
+                    result.comparisons += 1
                     for variant in ("truncated", "poisoned"):
                         other = variants[variant].get(relation)
                         i = _first_difference(original, other, column) if other is not None and column in other.column_names else 0
@@ -182,6 +191,9 @@ def audit(
                             row = original.slice(min(i, original.num_rows - 1), 1).to_pylist()[0] if original.num_rows else {}
                             verdict.leaks, verdict.variant, verdict.cut = True, variant, cut
                             verdict.first_symbol, verdict.first_ts = row.get("symbol", symbol), row.get("ts")
+    if not result.comparisons or not result.rows_compared:
+        raise MscaleError(f"the audit compared nothing ({result.comparisons} columns, {result.rows_compared} rows at "
+                          "or before its cuts): check the feature views and the data of the audited symbols")
     return result
 
 
@@ -200,6 +212,10 @@ def format_audit(result: AuditResult) -> str:
         clean = sum(not v.leaks for v in verdicts)
         status = "ok  " if clean == len(verdicts) else "LEAK"
         lines.append(f"{status} {relation}: {clean} of {len(verdicts)} columns unchanged by truncation and poisoning")
-    n_leak = len(result.leaking)
-    lines.append(f"{len(result.columns)} columns checked, {n_leak} leaking" + ("" if n_leak else ": no feature looks past its decision time"))
+    n_leak, n_cuts = len(result.leaking), len(result.cuts)
+    lines.append(
+        f"{n_cuts} cut{'s' if n_cuts != 1 else ''} x {len(result.columns)} columns = {result.comparisons} comparisons, "
+        f"over {result.rows_compared:,} rows at or before the cuts, each against a truncated and a poisoned copy; "
+        f"{n_leak} leaking" + ("" if n_leak else ": no feature looks past its decision time")
+    )
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mscale.config import Config
+from mscale.config import DEFAULT_WAREHOUSE, Config
 from mscale.errors import CheckFailedError, MscaleError
 from mscale.store import list_shards, month_bounds, write_atomic, write_text_atomic
 from mscale.warehouse import render as r
@@ -47,7 +47,10 @@ def connect(database: str | Path = ":memory:", *, cfg: Config | None = None, rea
     try:
         con = duckdb.connect(str(database), read_only=read_only)
     except duckdb.IOException as e:
-        raise MscaleError(f"cannot open warehouse {database} ({str(e).splitlines()[0]}); close other duckdb sessions on it and retry") from None
+        raise MscaleError(
+            f"cannot open warehouse {database} ({str(e).splitlines()[0]}); close other duckdb sessions on it "
+            "(browse with `duckdb -readonly`, which never blocks another reader) and retry"
+        ) from None
     if cfg is not None:
         con.execute(f"set threads = {int(cfg.features.threads)}")
         con.execute(f"set memory_limit = {r.sql_string(cfg.features.memory_limit)}")
@@ -65,10 +68,12 @@ def create_views(
     *,
     mart_cache: str | None = None,
     layers: tuple[str, ...] = tuple(layer for layer in r.LAYERS if layer != "checks"),
+    extra_dirs: tuple[Path, ...] = (),
 ) -> list[r.Model]:
-    """Create every model of `layers` as a view, in build order; the mart reads `mart_cache` if given."""
+    """Create every model of `layers` as a view, in build order; the mart reads `mart_cache` if given.
+    `extra_dirs`: a research folder's own feature files (Config.extra_feature_dirs)."""
     env = r.environment(sql_dir)
-    models = r.discover(sql_dir)
+    models = r.discover(sql_dir, extra_dirs)
     params = _with_extras(params, models)
     install_macros(con, sql_dir)
     created = []
@@ -121,7 +126,8 @@ def _with_extras(params: r.RenderParams, models: list[r.Model]) -> r.RenderParam
     return replace(params, extra_models=extras)
 
 
-def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None) -> pa.Table:
+def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None,
+                     extra_dirs: tuple[Path, ...] = ()) -> pa.Table:
     """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts).
 
     The layers are rendered as the CTEs of one statement, bound once (creating a view per layer
@@ -130,7 +136,7 @@ def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str
     query's speed (callers parallelise across blocks).
     """
     env = r.environment(sql_dir)
-    models = r.discover(sql_dir)
+    models = r.discover(sql_dir, extra_dirs)
     params = _with_extras(params, models)
     layers = ("sources", "staging") + r.FEATURE_LAYERS
     ctes = [f"{m.name} as (\n{r.render(env, m, params)}\n)" for m in models if m.layer in layers]
@@ -199,9 +205,34 @@ def label_settings(cfg: Config) -> dict:
 
 
 def store_build_info(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
-    """`build_info`: the settings the views were rendered with, so training can refuse a stale warehouse."""
-    con.execute("create or replace table build_info (labels varchar, built_at timestamptz)")
-    con.execute("insert into build_info values (?, ?)", [json.dumps(label_settings(cfg), sort_keys=True), datetime.now(timezone.utc)])
+    """`build_info`: the settings the views were rendered with, so training can refuse a stale
+    warehouse, and the market its views describe (one warehouse file holds one market)."""
+    con.execute("create or replace table build_info (labels varchar, built_at timestamptz, market varchar)")
+    con.execute("insert into build_info values (?, ?, ?)",
+                [json.dumps(label_settings(cfg), sort_keys=True), datetime.now(timezone.utc), cfg.market])
+
+
+def warehouse_market(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The market a warehouse was built for; None before its first build ("spot" for a warehouse
+    built before build_info recorded it: spot was the only market featurised then)."""
+    tables = {t for (t,) in con.execute("select table_name from duckdb_tables() where schema_name = 'main'").fetchall()}
+    if "build_info" not in tables:
+        return None
+    columns = {c for (c,) in con.execute("select column_name from duckdb_columns() where table_name = 'build_info'").fetchall()}
+    if "market" not in columns:
+        return "spot"
+    row = con.execute("select market from build_info").fetchone()
+    return row[0] if row else None
+
+
+def check_market(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
+    """MscaleError when the warehouse holds another market's views than `cfg.market`."""
+    held = warehouse_market(con)
+    if held is not None and held != cfg.market:
+        raise MscaleError(
+            f"warehouse {cfg.warehouse} holds the {held} market's views, not {cfg.market}'s: give --market {cfg.market} "
+            f"its own --warehouse (the default is {DEFAULT_WAREHOUSE[cfg.market]} in the project folder)"
+        )
 
 
 def store_check_results(con: duckdb.DuckDBPyConnection, results: list[CheckResult]) -> None:
@@ -248,11 +279,15 @@ class BuildResult:
     checks: list[CheckResult] = field(default_factory=list)
 
     def summary(self) -> str:
-        checks = ", ".join(f"{c.name}: {'ok' if c.failing_rows == 0 else f'{c.failing_rows} FAILING'}" for c in self.checks)
-        return (
-            f"features: {self.months_computed} symbol-months computed ({self.rows_written} rows), "
-            f"{self.months_skipped} unchanged, {self.seconds:.1f}s\nchecks: {checks}"
-        )
+        failing = [f"{c.name}: {c.failing_rows} FAILING" for c in self.checks if c.failing_rows]
+        checks = ", ".join(failing) if failing else f"all {len(self.checks)} passed"
+        if self.months_computed == 0:
+            done = (f"features: nothing changed since the last build ({self.months_skipped} symbol-months up to date; "
+                    f"views, catalog and checks refreshed), {self.seconds:.1f}s")
+        else:
+            done = (f"features: {self.months_computed} symbol-months computed ({self.rows_written:,} rows), "
+                    f"{self.months_skipped} unchanged, {self.seconds:.1f}s")
+        return f"{done}\nchecks: {checks}"
 
 
 def warmup_start(first: int) -> datetime:
@@ -290,12 +325,11 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     """
     started = time.perf_counter()
     base = r.params_from_config(cfg)
-    sql_hash = r.sql_fingerprint(cfg.sql_dir, base)
+    sql_hash = r.sql_fingerprint(cfg.sql_dir, base, cfg.extra_feature_dirs)
     cache_dir = cfg.derived_dir / "features"
     manifest_path = cache_dir / "_manifest.json"
-    if full and cache_dir.exists():
-        shutil.rmtree(cache_dir)  # nothing of an earlier build survives a full rebuild
-    manifest = {} if not manifest_path.exists() else json.loads(manifest_path.read_text())
+    # a full rebuild reuses nothing; the earlier build's files go when the new one is published
+    manifest = {} if full or not manifest_path.exists() else json.loads(manifest_path.read_text())
     result = BuildResult()
 
     minute_shards: dict[str, dict[int, list[Path]]] = {}
@@ -337,25 +371,54 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     def run(job):
         symbol, key, wanted, out_months, params = job
         log.info("features %s months %s", symbol, ", ".join("%04d-%02d" % _month_of(m) for m in out_months))
-        return job, compute_features(cfg.sql_dir, params, memory_limit=cfg.features.memory_limit)
+        return job, compute_features(cfg.sql_dir, params, memory_limit=cfg.features.memory_limit,
+                                     extra_dirs=cfg.extra_feature_dirs)
 
-    with ThreadPoolExecutor(max_workers=max(1, cfg.features.threads)) as pool:
-        for (symbol, key, wanted, out_months, _), table in pool.map(run, jobs):
-            ts_months = _months_of_ts(table)
-            for m in out_months:
-                part = table.filter(pc.equal(ts_months, m))
-                write_atomic(part, cache_path(cfg, symbol, m))
-                result.months_computed += 1
-                result.rows_written += part.num_rows
-            manifest[key] = wanted
-            _write_manifest(manifest_path, manifest)
+    # Plan, execute, publish: blocks are written to a staging folder (outside the cache's glob) and
+    # moved into the cache only once all succeeded, so an interrupted or failed build leaves the
+    # cache exactly as it was.
+    from mscale.interrupts import check_interrupted, deferred_interrupt
 
-    for stale in cache_dir.glob("symbol=*/*.parquet"):  # months (or whole symbols) whose hourly shards are gone
-        symbol = stale.parent.name.removeprefix("symbol=")
-        if _month_index(int(stale.stem[:4]), int(stale.stem[4:6])) not in hourly_shards.get(symbol, {}):
-            stale.unlink()
+    staging = cache_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
+    written: list[Path] = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, cfg.features.threads)) as pool:
+            for (symbol, key, wanted, out_months, _), table in pool.map(run, jobs):
+                ts_months = _months_of_ts(table)
+                for m in out_months:
+                    part = table.filter(pc.equal(ts_months, m))
+                    final = cache_path(cfg, symbol, m)
+                    write_atomic(part, staging / final.relative_to(cache_dir))
+                    written.append(final)
+                    result.months_computed += 1
+                    result.rows_written += part.num_rows
+                manifest[key] = wanted
+                check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
+        check_interrupted()
+        with deferred_interrupt():  # Ctrl-C waits for the renames (quick): all or nothing
+            _publish(cache_dir, staging, written, manifest, hourly_shards, full=full)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _publish(cache_dir: Path, staging: Path, written: list[Path], manifest: dict,
+             hourly_shards: dict[str, dict[int, list[Path]]], *, full: bool) -> None:
+    """Move the staged months into the cache, remove the months (or whole symbols) whose hourly
+    shards are gone (and on a full rebuild every file it did not write), then the manifest."""
+    for final in written:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        (staging / final.relative_to(cache_dir)).replace(final)
+    fresh = set(written)
+    for old in cache_dir.glob("symbol=*/*.parquet"):
+        symbol = old.parent.name.removeprefix("symbol=")
+        gone = _month_index(int(old.stem[:4]), int(old.stem[4:6])) not in hourly_shards.get(symbol, {})
+        if gone or (full and old not in fresh):
+            old.unlink()
+    if written or full:
+        _write_manifest(cache_dir / "_manifest.json", manifest)
 
 
 def _months_of_ts(table: pa.Table) -> pa.Array:
@@ -377,6 +440,9 @@ def _write_manifest(path: Path, manifest: dict) -> None:
 def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
     """`mscale features`: refresh the cache, (re)create every view in the warehouse, run the checks.
 
+    The warehouse's write lock is taken first and held to the end, so a file another process holds
+    (a duckdb shell, another build) fails the command before anything is computed; so do templates
+    that cannot be discovered and a warehouse built for the other market.
     Raises CheckFailedError (after storing the results) when any check returns rows.
     """
     if not list_shards(cfg.market_dir, "1h"):
@@ -384,22 +450,29 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
             f"no hourly shards under {cfg.hourly_dir}: run `mscale demo-data`, `mscale ingest --interval 1h` "
             "or `mscale resample-hourly` first"
         )
-    result = materialise(cfg, full=full)
-    params = r.params_from_config(cfg)
-    if not list_shards(cfg.market_dir, "1m"):
-        params = r.RenderParams(**{**params.__dict__, "minute_files": ()})
-    cache = str(cfg.derived_dir / "features" / "symbol=*" / "*.parquet")
+    models = r.discover(cfg.sql_dir, cfg.extra_feature_dirs)
     con = connect(cfg.warehouse, cfg=cfg)
     try:
-        create_views(con, cfg.sql_dir, params, mart_cache=cache)
+        check_market(con, cfg)
+        result = materialise(cfg, full=full)
+        params = r.params_from_config(cfg)
+        if not list_shards(cfg.market_dir, "1m"):
+            params = r.RenderParams(**{**params.__dict__, "minute_files": ()})
+        cache = str(cfg.derived_dir / "features" / "symbol=*" / "*.parquet")
+        con.begin()  # the views, tables and check results change together or not at all (Ctrl-C)
+        create_views(con, cfg.sql_dir, params, mart_cache=cache, extra_dirs=cfg.extra_feature_dirs)
         store_build_info(con, cfg)
+        from mscale.warehouse.catalog import store_catalog
+
+        store_catalog(con, cfg, params)  # feature_catalog; warns about symbols without minute bars
         from mscale.research.runs import create_run_views
 
         create_run_views(con, cfg.runs_dir)
         checks_started = time.perf_counter()
-        result.checks = run_checks(con, cfg.sql_dir, _with_extras(params, r.discover(cfg.sql_dir)))
+        result.checks = run_checks(con, cfg.sql_dir, _with_extras(params, models))
         result.checks.append(check_stored_order(con, cache))
         store_check_results(con, result.checks)
+        con.commit()
         log.info("checks took %.1fs", time.perf_counter() - checks_started)
     finally:
         con.close()
@@ -410,17 +483,8 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
     return result
 
 
-def run_sql(cfg: Config, query: str, *, max_rows: int = 40) -> str:
-    """Run `query` against the warehouse (read-only) and format the result as a table."""
-    if not cfg.warehouse.exists():
-        raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` (or `make features`) first")
-    con = connect(cfg.warehouse, read_only=True)
-    try:
-        rel = con.sql(query)
-        if rel is None:
-            return "ok"
-        return rel.limit(max_rows).__str__() if max_rows else str(rel)
-    except duckdb.Error as e:
-        raise MscaleError(f"query failed: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
+def run_sql(cfg: Config, query: str, *, max_rows: int | None = None) -> str:
+    """The tables `mscale sql` prints for `query` (every statement, in order); see warehouse.sqlcmd."""
+    from mscale.warehouse.sqlcmd import format_sql
+
+    return format_sql(cfg, query, max_rows=max_rows)

@@ -46,15 +46,26 @@ class Model:
     path: Path
 
 
-def discover(sql_dir: Path) -> list[Model]:
-    """Every template under `sql_dir`, in build order (layer order, then file name)."""
+def discover(sql_dir: Path, extra_dirs: tuple[Path, ...] = ()) -> list[Model]:
+    """Every template under `sql_dir`, in build order (layer order, then file name), plus the
+    feature files in `extra_dirs` (a research folder's `features/extra/`) as members of the
+    `features/extra` layer, after the project's own."""
     sql_dir = Path(sql_dir)
     if not (sql_dir / "sources").is_dir():
-        raise MscaleError(f"no SQL templates under {sql_dir}: run mscale from the project folder or set project_root")
+        raise MscaleError(f"no SQL templates under {sql_dir}: reinstall mscale (its wheel ships them) or run it from the checkout")
     models = []
     for layer in LAYERS:
         for path in sorted((sql_dir / layer).glob("*.sql")):
             models.append(Model(path.stem, layer, path))
+        if layer == "features/extra":
+            for folder in extra_dirs:
+                for path in sorted(Path(folder).glob("*.sql")):
+                    models.append(Model(path.stem, layer, path))
+    seen: dict[str, Path] = {}
+    for m in models:
+        if m.name in seen:
+            raise MscaleError(f"{m.path} defines {m.name}, which {seen[m.name]} already defines; rename the file")
+        seen[m.name] = m.path
     return models
 
 
@@ -182,19 +193,31 @@ def params_from_config(cfg: Config, **overrides: Any) -> RenderParams:
 
 
 def render(env: jinja2.Environment, model: Model, params: RenderParams) -> str:
+    """The model's SQL. A file outside the environment's sql/ (a research folder's own feature) is
+    compiled from its text, so it imports `macros/...` from sql/ like the project's files."""
+    root = Path(env.loader.searchpath[0])
     try:
-        return env.get_template(model.path.relative_to(env.loader.searchpath[0]).as_posix()).render(**params.context())
+        if model.path.is_relative_to(root):
+            template = env.get_template(model.path.relative_to(root).as_posix())
+        else:
+            template = env.from_string(model.path.read_text())
+        return template.render(**params.context())
     except jinja2.UndefinedError as e:
         raise MscaleError(f"{model.path}: {e}; templates may only use the parameters in RenderParams") from None
     except jinja2.TemplateSyntaxError as e:
         raise MscaleError(f"{e.filename or model.path}:{e.lineno}: template syntax error: {e.message}") from None
 
 
-def sql_fingerprint(sql_dir: Path, params: RenderParams) -> str:
-    """Hash of every template and the parameters that shape results (not the file lists)."""
+def sql_fingerprint(sql_dir: Path, params: RenderParams, extra_dirs: tuple[Path, ...] = ()) -> str:
+    """Hash of every template (and of the feature files in `extra_dirs`) and the parameters that
+    shape results (not the file lists)."""
     h = hashlib.sha256()
     for path in sorted(Path(sql_dir).rglob("*.sql")):
         h.update(path.relative_to(sql_dir).as_posix().encode())
         h.update(path.read_bytes())
+    for folder in extra_dirs:
+        for path in sorted(Path(folder).glob("*.sql")):
+            h.update(f"extra:{path.name}".encode())
+            h.update(path.read_bytes())
     h.update(repr((sorted(params.minute_windows), params.z_window, params.minute_lag_hours)).encode())
     return h.hexdigest()[:16]

@@ -1,25 +1,62 @@
 {#- The two kline relations (1m and 1h) share their reading and staging; one definition here.
     {% import 'macros/klines.sql' as k %} -#}
 
-{#- read shards in place: `files` is a glob or a list of absolute paths; no files -> no rows -#}
-{% macro read_shards(files) -%}
+{#- read shards in place: `files` is a glob or a list of absolute paths; no files -> no rows.
+    `with_source` adds each bar's `source` (hourly shards): the shard's own column, else, for a shard
+    written before that column existed, the class of the one writer its `mscale.source` metadata
+    names (several writers: 'unknown'). The classes mirror mscale.store.source_class. -#}
+{#- the CONTRACT §2 columns after symbol, as stored -#}
+{% macro kline_columns() -%}
+open_time, close_time, open, high, low, close, volume, quote_volume, trades, taker_buy_base, taker_buy_quote,
+{%- endmacro %}
+
+{% macro read_shards(files, with_source=false) -%}
 {% if files %}
+{%- if with_source %}
+with shard_rows as (
+    -- `union all by name` gives NULL `source` to rows of shards without the column, even when no
+    -- shard has it yet
+    select null::varchar as source
+    where false
+    union all by name
+    select * from read_parquet({{ files | sql_paths }}, filename = true, union_by_name = true)
+),
+
+shard_writers as (
+    select
+        file_name as filename,
+        decode(value) as writers,
+    from parquet_kv_metadata({{ files | sql_paths }})
+    where decode(key) = 'mscale.source'
+),
+
+final as (
+    select
+        -- the file name is authoritative for the symbol (CONTRACT §1-2: shards may omit the column)
+        regexp_extract(shard_rows.filename, 'binance_([A-Z0-9]{2,20})_1[mh]_', 1) as symbol,
+        {{ kline_columns() }}
+        coalesce(
+            source,
+            case
+                when writers is null or writers = '' or writers like '%,%' then 'unknown'
+                when writers in ('bulk', 'rest') then 'exchange'
+                else writers
+            end
+        ) as source,
+        shard_rows.filename as filename,
+    from shard_rows
+    left join shard_writers on shard_writers.filename = shard_rows.filename
+)
+
+select * from final
+{%- else %}
 select
     -- the file name is authoritative for the symbol (CONTRACT §1-2: shards may omit the column)
     regexp_extract(filename, 'binance_([A-Z0-9]{2,20})_1[mh]_', 1) as symbol,
-    open_time,
-    close_time,
-    open,
-    high,
-    low,
-    close,
-    volume,
-    quote_volume,
-    trades,
-    taker_buy_base,
-    taker_buy_quote,
+    {{ kline_columns() }}
     filename,
 from read_parquet({{ files | sql_paths }}, filename = true, union_by_name = true)
+{%- endif %}
 {% else %}
 select
     null::varchar as symbol,
@@ -34,13 +71,17 @@ select
     null::bigint as trades,
     null::double as taker_buy_base,
     null::double as taker_buy_quote,
+    {%- if with_source %}
+    null::varchar as source,
+    {%- endif %}
     null::varchar as filename,
 where false
 {% endif %}
 {%- endmacro %}
 
-{#- typed, deduplicated, sorted klines of `source`, restricted to the symbols and open_time bounds -#}
-{% macro stage(source, symbols, open_from, open_to, monthly_files=false) -%}
+{#- typed, deduplicated, sorted klines of `source`, restricted to the symbols and open_time bounds;
+    `with_source` keeps each bar's `source` column after CONTRACT §2's columns -#}
+{% macro stage(source, symbols, open_from, open_to, monthly_files=false, with_source=false) -%}
 with source as (
     select * from {{ source }}
 ),
@@ -59,6 +100,9 @@ typed as (
         trades::bigint as trades,
         taker_buy_base::double as taker_buy_base,
         taker_buy_quote::double as taker_buy_quote,
+        {%- if with_source %}
+        source::varchar as source,
+        {%- endif %}
         filename,
         {%- if monthly_files %}
         regexp_extract(filename, '_(\d{6})\.parquet$', 1)::integer as file_month,

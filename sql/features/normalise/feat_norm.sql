@@ -1,6 +1,6 @@
 -- grain: (symbol, ts)
 -- reads: feat_time
--- purpose: rolling z-scores {col}_z over the previous z_window hourly rows, the current row excluded
+-- purpose: {col}_z, the rolling z-score of {col} over the previous z_window hourly rows (current row excluded)
 {% import 'macros/windows.sql' as w %}
 {%- set z_columns = [
     'ret_1h', 'ret_24h', 'rv_24h', 'volume', 'rsi_14', 'adx_14',

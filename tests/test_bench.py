@@ -1,0 +1,77 @@
+"""The benchmark plumbing (not the figures): `mscale bench` says how long it will take, prints each
+figure marked against its target (quick mode too), works in one folder (`--work-dir`, default
+beside the data dir) and removes it unless `--keep`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_config
+from mscale.bench import MARKER, Report, default_work_dir, run_bench
+from mscale.errors import MscaleError
+
+
+def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSCALE_")}
+    return subprocess.run([sys.executable, "-m", "mscale", "bench", "ingest", "--quick", "--data-dir",
+                           str(tmp_path / "data"), *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_quick_ingest_bench_states_its_duration_marks_figures_and_cleans_up(tmp_path):
+    work = tmp_path / "scratch" / "bench"
+    out = bench(tmp_path, "--work-dir", str(work))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert re.match(r"mscale bench ingest --quick: expected to take about \d+ s on 2 cores", lines[0]), lines[0]
+    assert str(work) in lines[1] and "removed at the end" in lines[1]
+    figures = [line for line in lines if "target " in line]
+    assert len(figures) == 3 and all(line.rstrip().endswith((" ok", " MISSED")) for line in figures), out.stdout
+    assert any(line.startswith("  .. ") for line in lines)  # progress lines before the figures
+    assert lines[-1].startswith("3 figures against a target: ")
+    assert not work.exists() and work.parent.exists()  # the work folder is gone, its parent stays
+
+
+def test_keep_keeps_the_work_folder(tmp_path):
+    work = tmp_path / "bench"
+    out = bench(tmp_path, "--work-dir", str(work), "--keep")
+    assert out.returncode == 0, out.stderr
+    assert f"kept {work}" in out.stdout
+    assert (work / MARKER).exists() and (work / "ingest").is_dir()
+
+
+def test_a_folder_of_other_files_is_refused_and_left_alone(tmp_path):
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "thesis.tex").write_text("precious")
+    with pytest.raises(MscaleError, match="holds files mscale bench did not make"):
+        run_bench(make_config(tmp_path), "ingest", quick=True, work_dir=work)
+    assert (work / "thesis.tex").read_text() == "precious" and not (work / MARKER).exists()
+
+
+def test_the_default_work_folder_is_beside_the_data_dir_not_in_tmp(tmp_path):
+    cfg = make_config(tmp_path)
+    assert default_work_dir(cfg) == cfg.data_dir.parent / "bench-work"
+
+
+def test_figures_are_marked_and_the_summary_names_the_misses(capsys):
+    from mscale.bench_features import incremental_target, mark_rows
+
+    report = Report()
+    row = {"symbols": 1, "months": 4, "full_over_scan": 7.5, "speedup_vs_pandas": 3.5, "incremental_pct": 30.0,
+           "rows_per_s": 1e6, "peak_rss_mb": 300}
+    mark_rows([row], report)
+    marks = {r["benchmark"].split(",")[0]: r["ok"] for r in report.rows}
+    assert marks == {"full build / DuckDB scan floor": False, "speed-up vs pandas": True,
+                     "incremental refresh (one more month) / full build": 30.0 <= incremental_target(4),
+                     "full build rows/s": None}
+    assert incremental_target(24) == 10.0
+    assert report.summary().startswith("3 figures against a target: 2 ok, 1 MISSED (full build / DuckDB scan floor")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].rstrip().endswith("MISSED") and printed[-1].rstrip().endswith("-")
