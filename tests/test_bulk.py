@@ -17,13 +17,24 @@ from hypothesis import strategies as st
 
 from mscale.errors import ChecksumError, DownloadError, MscaleError
 from mscale.ingest.bulk import ArchiveClient
-from mscale.store import list_shards, read_klines, write_klines
+from mscale.schema import KLINE_SCHEMA
+from mscale.store import ANOMALY_FLAGS, list_shards, read_klines, write_klines
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real Binance data not found at {REAL} (../shared/data/real)")
 
 AUG = month_start_ms(2023, 8)
 N_AUG = 31 * 1440
+
+
+def klines(table: pa.Table) -> pa.Table:
+    """The kline columns of a client's table, without its anomaly flags."""
+    return table.select(KLINE_SCHEMA.names)
+
+
+def flagged(table: pa.Table) -> dict[str, int]:
+    """Rows per anomaly flag column."""
+    return {c: int(np.count_nonzero(table.column(c).to_numpy(zero_copy_only=False))) for c in ANOMALY_FLAGS}
 
 
 class Sleeps(list):
@@ -61,7 +72,8 @@ def test_monthly_spot_gives_exact_rows(archive):
             "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2023-08.zip.CHECKSUM",
         ]
     assert t.num_rows == N_AUG
-    assert t.equals(rows_table(rows, "BTCUSDT", "1m"))
+    assert klines(t).equals(rows_table(rows, "BTCUSDT", "1m"))
+    assert flagged(t) == {"anomaly_close_time": 0, "anomaly_us": 0}
 
 
 def test_micros_spot_and_header_futures_give_the_same_rows(archive):
@@ -70,8 +82,11 @@ def test_micros_spot_and_header_futures_give_the_same_rows(archive):
         spot_us = client(fb).monthly("ETHUSDT", "1m", 2023, 8)
         um = client(fb, market="um").monthly("BTCUSDT", "1m", 2023, 8)
         assert fb.requests[-2] == "/data/futures/um/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2023-08.zip"
-    assert spot_us.equals(rows_table(rows, "ETHUSDT", "1m"))
-    assert um.equals(rows_table(rows, "BTCUSDT", "1m"))
+    assert klines(spot_us).equals(rows_table(rows, "ETHUSDT", "1m"))
+    assert klines(um).equals(rows_table(rows, "BTCUSDT", "1m"))
+    # the µs timestamps are normalised away, and every such row is flagged for the shard's record
+    assert flagged(spot_us) == {"anomaly_close_time": 0, "anomaly_us": N_AUG}
+    assert flagged(um) == {"anomaly_close_time": 0, "anomaly_us": 0}
 
 
 def test_daily(archive):
@@ -155,7 +170,7 @@ def test_transient_faults_are_retried_to_the_exact_rows(archive, fault, kw, retr
         with caplog.at_level(logging.WARNING, logger="mscale.ingest.bulk"):
             t = client(fb, sleeps, timeout_s=0.5).monthly("BTCUSDT", "1m", 2023, 8)
         assert fb.pending_faults == 0
-    assert t.equals(rows_table(rows, "BTCUSDT", "1m"))
+    assert klines(t).equals(rows_table(rows, "BTCUSDT", "1m"))
     assert len(sleeps) == retries
     assert all(r.name == "mscale.ingest.bulk" for r in caplog.records) and len(caplog.records) == retries
     if fault in ("429", "418"):
@@ -178,7 +193,7 @@ def test_any_burst_of_faults_ends_in_exactly_the_rows(archive, faults):
         for kind, where in faults:
             fb.add_fault(kind, path_contains=where, **({"retry_after": 0} if kind == "429" else {}))
         t = client(fb, max_retries=len(faults), checksum_retries=len(faults)).daily("BTCUSDT", "1h", day)
-    assert t.equals(rows_table(rows, "BTCUSDT", "1h"))
+    assert klines(t).equals(rows_table(rows, "BTCUSDT", "1h"))
 
 
 def test_backoff_grows_exponentially_with_jitter(archive):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 
 from conftest import REAL_DATA, REPO, requires_real_data
 from fakebinance import FakeBinance, make_archive_zip, synthetic_rows
-from mscale.store import is_complete, list_shards, read_klines
+from mscale.store import is_complete, list_shards, read_klines, shard_anomalies
 
 AUG1 = 1_690_848_000_000  # 2023-08-01 00:00 UTC
 SEP1 = 1_693_526_400_000
@@ -59,6 +60,13 @@ def test_hourly_bars_from_the_bulk_archive(tmp_path):
     hours = read_klines(tmp_path / "data", "1h", "BTCUSDT")
     assert hours.num_rows == 744 + 720
     assert hours.column("close").to_pylist()[:3] == [float(r[4]) for r in aug[:3]]
+    # September's file had µs timestamps: normalised away, but recorded under the file's name and reported
+    aug_shard, sep_shard = (s.path for s in list_shards(tmp_path / "data", "1h", "BTCUSDT"))
+    assert shard_anomalies(aug_shard)["BTCUSDT-1h-2023-08.zip"]["timestamps_in_us"] == 0
+    assert shard_anomalies(sep_shard)["BTCUSDT-1h-2023-09.zip"]["timestamps_in_us"] == 720
+    assert mscale("report", "--data-dir", str(tmp_path / "data")).returncode == 0
+    report = json.loads((tmp_path / "data" / "reports" / "ingestion_report.json").read_text())["symbols"][0]
+    assert report["source_anomalies"]["timestamps_in_us"] == 720
 
 
 @requires_real_data()
@@ -67,8 +75,6 @@ def test_import_then_report_finds_the_real_halt_and_reconciles_exactly(tmp_path)
     src = REAL_DATA / "spot-freqtrade-json"
     assert mscale("import", str(src / "BTC_USDT-1m.json"), str(src / "BTC_USDT-1h.json"), "--data-dir", str(data)).returncode == 0
     assert mscale("report", "--data-dir", str(data)).returncode == 0
-    import json
-
     report = json.loads((data / "reports" / "ingestion_report.json").read_text())["symbols"][0]
     minutes = report["minutes"]
     assert (minutes["rows"], minutes["missing"]) == (66_087, 80)

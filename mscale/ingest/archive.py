@@ -266,10 +266,13 @@ def unzip_single_csv(data: bytes, *, name: str = "archive zip") -> tuple[str, by
         raise ChecksumError(f"{name} is corrupt ({e}); delete it and download it again") from None
 
 
-def read_archive_zip(data: bytes, symbol: str, interval: str, *, name: str = "archive zip") -> pa.Table:
-    """Parse an archive zip holding one kline CSV; a damaged zip raises ChecksumError naming `name`."""
+def read_archive_zip(
+    data: bytes, symbol: str, interval: str, *, name: str = "archive zip", with_anomalies: bool = False
+) -> pa.Table:
+    """Parse an archive zip holding one kline CSV; a damaged zip raises ChecksumError naming `name`.
+    `with_anomalies` keeps the flag columns of `klines_from_columns`."""
     member, payload = unzip_single_csv(data, name=name)
-    return parse_kline_csv(payload, symbol, interval, name=f"{name}:{member}")
+    return parse_kline_csv(payload, symbol, interval, name=f"{name}:{member}", with_anomalies=with_anomalies)
 
 
 def verify_checksum(data: bytes, checksum_text: str | bytes, name: str) -> None:

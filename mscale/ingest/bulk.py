@@ -6,7 +6,8 @@ Guarantees:
   ChecksumError, as do a missing checksum and a corrupt zip; since callers write what is
   returned, nothing reaches a shard;
 - every row returned lies inside the requested month or day, in KLINE_SCHEMA with
-  `close_time = open_time + interval`;
+  `close_time = open_time + interval`, plus the ANOMALY_FLAGS columns saying which rows the
+  normalisation changed (close times that were not open + interval - 1 ms, µs timestamps);
 - `None` means the archive has no such file (HTTP 404), e.g. a month before the listing;
 - 5xx, 429/418, timeouts, dropped connections and truncated bodies are retried with exponential
   backoff and jitter (honouring Retry-After); after `max_retries` retries DownloadError is raised;
@@ -40,6 +41,16 @@ _MARKET_PATHS = {"spot": "spot", "um": "futures/um"}
 _RETRY_STATUS = {408, 418, 425, 429, 500, 502, 503, 504}
 
 
+def monthly_name(symbol: str, interval: str, year: int, month: int) -> str:
+    """The archive's file name of one month, e.g. BTCUSDT-1m-2023-08.zip."""
+    return f"{validate_symbol(symbol)}-{validate_interval(interval)}-{year:04d}-{month:02d}.zip"
+
+
+def daily_name(symbol: str, interval: str, day: date) -> str:
+    """The archive's file name of one day, e.g. BTCUSDT-1m-2023-08-01.zip."""
+    return f"{validate_symbol(symbol)}-{validate_interval(interval)}-{day:%Y-%m-%d}.zip"
+
+
 class ArchiveClient:
     """Fetches and verifies kline zips from `archive_url` (the folder that holds `data/`)."""
 
@@ -70,12 +81,10 @@ class ArchiveClient:
         self._answered = False  # the host has sent an HTTP response: unreachable now means transient
 
     def monthly_url(self, symbol: str, interval: str, year: int, month: int) -> str:
-        s, i = validate_symbol(symbol), validate_interval(interval)
-        return f"{self._prefix('monthly', s, i)}/{s}-{i}-{year:04d}-{month:02d}.zip"
+        return f"{self._prefix('monthly', symbol, interval)}/{monthly_name(symbol, interval, year, month)}"
 
     def daily_url(self, symbol: str, interval: str, day: date) -> str:
-        s, i = validate_symbol(symbol), validate_interval(interval)
-        return f"{self._prefix('daily', s, i)}/{s}-{i}-{day:%Y-%m-%d}.zip"
+        return f"{self._prefix('daily', symbol, interval)}/{daily_name(symbol, interval, day)}"
 
     def monthly(self, symbol: str, interval: str, year: int, month: int) -> pa.Table | None:
         """One UTC month of klines, checksum-verified; None when the archive has no such file."""
@@ -90,7 +99,8 @@ class ArchiveClient:
     # -- internals -------------------------------------------------------------------------
 
     def _prefix(self, period: str, symbol: str, interval: str) -> str:
-        return f"{self.archive_url}/data/{_MARKET_PATHS[self.market]}/{period}/klines/{symbol}/{interval}"
+        s, i = validate_symbol(symbol), validate_interval(interval)
+        return f"{self.archive_url}/data/{_MARKET_PATHS[self.market]}/{period}/klines/{s}/{i}"
 
     def _fetch(self, url: str, symbol: str, interval: str, start: datetime, end: datetime) -> pa.Table | None:
         name = url.rsplit("/", 1)[-1]
@@ -113,7 +123,7 @@ class ArchiveClient:
                 delay = self._backoff(attempt)
                 log.warning("%s; downloading again (%d/%d) in %.2f s", e, attempt + 1, self.checksum_retries, delay)
                 self.sleep(delay)
-        table = read_archive_zip(payload, symbol, interval, name=name)
+        table = read_archive_zip(payload, symbol, interval, name=name, with_anomalies=True)
         ot = table.column("open_time").cast(pa.int64()).to_numpy()
         lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
         outside = int(np.count_nonzero((ot < lo) | (ot >= hi)))

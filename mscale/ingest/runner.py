@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from mscale.config import Config
 from mscale.errors import ChecksumError, MscaleError, UnknownSymbolError
+from mscale.ingest.bulk import daily_name, monthly_name
 from mscale.ingest.rest import RestClient
 from mscale.interrupts import Undo, check_interrupted, interrupt_requested, remove_stale_undo
 from mscale.schema import INTERVAL_MS, KLINE_SCHEMA, validate_interval, validate_symbol
@@ -272,7 +273,8 @@ class _Run:
             table = self._archive_call(self.archive.monthly, sym, self.interval, year, month, summ=summ)
             if table is not None:
                 bar.set_postfix_str("bulk monthly")
-                self._write(sym, _clip(table, a, b), "bulk", summ, bar, complete=(year, month) if whole else None)
+                self._write(sym, _clip(table, a, b), "bulk", summ, bar, complete=(year, month) if whole else None,
+                            origin=monthly_name(sym, self.interval, year, month))
                 return True
             summ.missing.append(f"{year:04d}-{month:02d}")
             prev = date(self.today.year, self.today.month, 1) - timedelta(days=1)
@@ -286,7 +288,8 @@ class _Run:
                 summ.missing.append(f"{day:%Y-%m-%d}")
                 all_days = False
                 continue
-            self._write(sym, _clip(table, a, b), "bulk", summ, bar)
+            self._write(sym, _clip(table, a, b), "bulk", summ, bar,
+                        origin=daily_name(sym, self.interval, day))
         if whole and all_days and self.source == "bulk":
             self._mark_complete(sym, year, month, summ)
         return False
@@ -362,9 +365,10 @@ class _Run:
         return missing_spans(read_open_times(path), a, b, self.step)
 
     def _write(self, sym: str, table: pa.Table, source: str, summ: SymbolSummary, bar: tqdm,
-               complete: tuple[int, int] | None = None, dups: int = 0) -> None:
+               complete: tuple[int, int] | None = None, dups: int = 0, origin: str | None = None) -> None:
         """Write `table` through the store; `dups` rows dropped upstream (REST overlap) are counted
-        in the shard's metadata."""
+        in the shard's metadata, and with `origin` (an archive file's name) so are the source
+        anomalies its flag columns mark (`mscale.store.shard_anomalies`)."""
         if table.num_rows == 0:
             if complete:
                 self._mark_complete(sym, *complete, summ, dups=dups)
@@ -372,7 +376,8 @@ class _Run:
                 summ.duplicates_dropped += dups
             return
         res: WriteResult = write_klines(self.market_dir, self.interval, table, source=source,
-                                        complete_months=[complete] if complete else [], upstream_duplicates=dups)
+                                        complete_months=[complete] if complete else [], upstream_duplicates=dups,
+                                        origin=origin)
         summ.rows_fetched += res.rows_in
         summ.rows_replaced += res.rows_replaced
         summ.duplicates_dropped += res.duplicates_dropped
