@@ -4,6 +4,7 @@ deliverables 3, 8, 9 and 11)."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -105,6 +106,14 @@ def test_a_warehouse_holds_one_market(tmp_path):
     with pytest.raises(MscaleError, match="spot market.*--warehouse"):
         build_features(um)
     assert not parquet_files(um.derived_dir)  # refused before computing anything
+    # reading the spot warehouse as um's is refused too: a query, the catalog, training
+    from mscale.research.pipeline import load_plan
+    from mscale.warehouse.catalog import read_catalog
+    from mscale.warehouse.sqlcmd import run_sql
+
+    for read in (lambda: run_sql(um, "select 1", stdout=io.StringIO()), lambda: read_catalog(um), lambda: load_plan(um)):
+        with pytest.raises(MscaleError, match="spot market.*--warehouse"):
+            read()
 
 
 @requires_real_data()

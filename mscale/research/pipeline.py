@@ -129,13 +129,14 @@ def trading_settings(cfg: Config) -> tuple[dict[str, float], Rules]:
 def load_plan(cfg: Config) -> Plan:
     """Run the warehouse checks training depends on, then read the features, labels and prices."""
     from mscale.warehouse import render as r
-    from mscale.warehouse.build import connect, run_checks
+    from mscale.warehouse.build import check_market, connect, run_checks
 
     s, lab = cfg.train, cfg.labels
     if not cfg.warehouse.exists():
         raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` (or `make features`) first")
     con = connect(cfg.warehouse, read_only=True)
     try:
+        check_market(con, cfg)
         _check_label_settings(con, cfg)
         checks = run_checks(con, cfg.sql_dir, r.params_from_config(cfg), only=TRAINING_CHECKS)
         alignment = [f"{c.name}: {'ok' if c.failing_rows == 0 else f'{c.failing_rows} offending rows, e.g. {c.sample[:2]}'}"

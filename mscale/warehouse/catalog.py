@@ -319,10 +319,11 @@ def read_catalog(cfg: Config) -> list[dict]:
     """The rows of `feature_catalog` in the warehouse (read-only)."""
     if not cfg.warehouse.exists():
         raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` first, it builds the feature catalog")
-    from mscale.warehouse.build import connect
+    from mscale.warehouse.build import check_market, connect
 
     con = connect(cfg.warehouse, read_only=True)
     try:
+        check_market(con, cfg)
         try:
             return con.execute("select * from feature_catalog").to_arrow_table().to_pylist()
         except duckdb.CatalogException:

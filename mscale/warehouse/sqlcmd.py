@@ -114,11 +114,12 @@ def run_sql(
             )
     if not cfg.warehouse.exists():
         raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` (or `make features`) first")
-    from mscale.warehouse.build import connect
+    from mscale.warehouse.build import check_market, connect
 
     con = connect(cfg.warehouse, read_only=True)
     results = []
     try:
+        check_market(con, cfg)
         con.execute("set TimeZone = 'UTC'")
         for i, (sql, returns) in enumerate(statements, 1):
             label = f"statement {i} of {len(statements)} " if len(statements) > 1 else ""
