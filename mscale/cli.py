@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="runs folder the runs / run_predictions views read (default _exp/)")
     p.add_argument("--threads", type=int, help="DuckDB threads, and feature blocks computed at once (default 2)")
     p.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 4GB or 512MB (default 4GB)")
+    p.add_argument("--executor", choices=["local", "dask"],
+                   help="where the (symbol x quarter) blocks run: local threads, or tasks on a Dask cluster "
+                   "(default [features] executor, local; doc/scale-out.md)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: the scheduler, e.g. tcp://head:8786 (default: a local cluster of "
+                   "--threads worker processes)")
 
     p = sub.add_parser("train", help="purged walk-forward training, tuned thresholds, OOS backtest, run folder")
     _common(p)
@@ -209,6 +215,10 @@ def _config(args: argparse.Namespace) -> Config:
         features["threads"] = args.threads
     if getattr(args, "memory_limit", None):
         features["memory_limit"] = args.memory_limit
+    if args.command == "features":
+        for key in ("executor", "scheduler"):
+            if getattr(args, key, None) is not None:
+                features[key] = getattr(args, key)
     train = {}
     if args.command == "train":
         from mscale.train import train_overrides

@@ -49,6 +49,10 @@ class FeatureSettings:
     end: str | None = None
     memory_limit: str = "4GB"
     threads: int = 2
+    # where the cache's blocks run: "local" (threads of this process) or "dask" (tasks on the
+    # cluster at `scheduler`, e.g. "tcp://head:8786"; empty = a local cluster of `threads` processes)
+    executor: str = "local"
+    scheduler: str = ""
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,11 @@ def _memory(v: Any) -> str | None:
     return None if isinstance(v, str) and _MEMORY_RE.match(v.strip()) else 'a size such as "4GB" or "512MB"'
 
 
+def _scheduler(v: Any) -> str | None:
+    ok = v == "" or (isinstance(v, str) and re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", v))
+    return None if ok else 'a Dask scheduler address such as "tcp://head:8786" (or "" for a local cluster)'
+
+
 def _minute_windows(v: Any) -> str | None:
     what = "a list of whole divisors of 60 minutes that includes 15 and 60, e.g. [5, 15, 60]"
     if not isinstance(v, (list, tuple)) or not all(_is_int(w) and 1 <= w <= 60 and 60 % w == 0 for w in v):
@@ -214,6 +219,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "end": optional(_date),
         "memory_limit": _memory,
         "threads": whole(1),
+        "executor": choice("local", "dask"),
+        "scheduler": _scheduler,
     },
     "labels": {
         "horizons": list_of(whole(1, unit="hours"), "a non-empty list of whole numbers >= 1 (hours)", non_empty=True),

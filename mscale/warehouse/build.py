@@ -14,20 +14,21 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
+from tqdm import tqdm
 
 from mscale.config import DEFAULT_WAREHOUSE, Config
 from mscale.errors import CheckFailedError, MscaleError
-from mscale.store import list_shards, month_bounds, write_atomic, write_text_atomic
+from mscale.store import list_shards, month_bounds, write_text_atomic
 from mscale.warehouse import render as r
+from mscale.warehouse.executors import Block, BlockTask, build_block, run_blocks
 
 log = logging.getLogger(__name__)
 
@@ -126,21 +127,26 @@ def _with_extras(params: r.RenderParams, models: list[r.Model]) -> r.RenderParam
     return replace(params, extra_models=extras)
 
 
-def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None,
-                     extra_dirs: tuple[Path, ...] = ()) -> pa.Table:
-    """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts).
-
-    The layers are rendered as the CTEs of one statement, bound once (creating a view per layer
-    would re-read the Parquet metadata for every view). Runs single-threaded: DuckDB's parallel
-    aggregation may add partial sums in any order, and reproducible bits matter more here than one
-    query's speed (callers parallelise across blocks).
-    """
+def feature_query(sql_dir: Path, params: r.RenderParams, *, extra_dirs: tuple[Path, ...] = ()) -> str:
+    """The one statement computing the `features` mart from the shards named in `params`, ordered
+    by (symbol, ts). The layers are rendered as its CTEs, bound once (a view per layer would re-read
+    the Parquet metadata for every view); it needs the macros of `install_macros`."""
     env = r.environment(sql_dir)
     models = r.discover(sql_dir, extra_dirs)
     params = _with_extras(params, models)
     layers = ("sources", "staging") + r.FEATURE_LAYERS
     ctes = [f"{m.name} as (\n{r.render(env, m, params)}\n)" for m in models if m.layer in layers]
-    query = "with\n" + ",\n".join(ctes) + "\nselect * from features order by symbol, ts"
+    return "with\n" + ",\n".join(ctes) + "\nselect * from features order by symbol, ts"
+
+
+def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None,
+                     extra_dirs: tuple[Path, ...] = ()) -> pa.Table:
+    """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts).
+
+    Runs single-threaded: DuckDB's parallel aggregation may add partial sums in any order, and
+    reproducible bits matter more here than one query's speed (callers parallelise across blocks).
+    """
+    query = feature_query(sql_dir, params, extra_dirs=extra_dirs)
     con = connect()
     con.execute("set threads = 1")
     if memory_limit:
@@ -316,14 +322,19 @@ def block_params(
     )
 
 
-def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
+def materialise(cfg: Config, *, full: bool = False, executor: str | None = None, scheduler: str | None = None,
+                task: BlockTask = build_block) -> BuildResult:
     """Bring the derived feature cache up to date with the shards; returns what was done.
 
     Work is split into fixed blocks of BLOCK_MONTHS calendar months per symbol. A block is always
     computed from the same inputs (its months plus the WARMUP before them), single-threaded,
-    so its output bits do not depend on when or how often it was computed; blocks run in parallel.
+    so its output bits do not depend on when, where or how often it was computed; blocks run in
+    parallel on `executor` ("local" threads or "dask" tasks, default `[features] executor`;
+    `scheduler` a Dask scheduler's address, default a local cluster; `task` runs one block).
     """
     started = time.perf_counter()
+    executor = executor or cfg.features.executor
+    scheduler = scheduler if scheduler is not None else cfg.features.scheduler
     base = r.params_from_config(cfg)
     sql_hash = r.sql_fingerprint(cfg.sql_dir, base, cfg.extra_feature_dirs)
     cache_dir = cfg.derived_dir / "features"
@@ -347,7 +358,13 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
     def in_range(m: int) -> bool:
         return (lo is None or m >= lo) and (hi is None or m <= hi)
 
-    jobs = []
+    # Plan, execute, publish: blocks are written to a staging folder (outside the cache's glob) and
+    # moved into the cache only once all succeeded, so an interrupted or failed build leaves the
+    # cache exactly as it was.
+    staging = cache_dir / ".staging"
+    macros_sql = (Path(cfg.sql_dir) / r.MACROS_FILE).read_text()
+    blocks: list[Block] = []
+    wanted_of: dict[tuple[str, str], tuple[str, dict]] = {}
     for symbol in symbols:
         hours = hourly_shards[symbol]
         minutes = minute_shards.get(symbol, {})
@@ -366,34 +383,32 @@ def materialise(cfg: Config, *, full: bool = False) -> BuildResult:
                 result.months_skipped += len(out_months)
                 continue
             params = block_params(base, symbol, first, last, minute_files, hourly_files)
-            jobs.append((symbol, key, wanted, out_months, params))
+            label = f"{first // 12:04d}-Q{first % 12 // 3 + 1}"
+            staged = tuple(str(staging / cache_path(cfg, symbol, m).relative_to(cache_dir)) for m in out_months)
+            blocks.append(Block(symbol, label, macros_sql, feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs),
+                                tuple(out_months), staged, cfg.features.memory_limit))
+            wanted_of[(symbol, label)] = (key, wanted)
 
-    def run(job):
-        symbol, key, wanted, out_months, params = job
-        log.info("features %s months %s", symbol, ", ".join("%04d-%02d" % _month_of(m) for m in out_months))
-        return job, compute_features(cfg.sql_dir, params, memory_limit=cfg.features.memory_limit,
-                                     extra_dirs=cfg.extra_feature_dirs)
-
-    # Plan, execute, publish: blocks are written to a staging folder (outside the cache's glob) and
-    # moved into the cache only once all succeeded, so an interrupted or failed build leaves the
-    # cache exactly as it was.
     from mscale.interrupts import check_interrupted, deferred_interrupt
 
-    staging = cache_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
     written: list[Path] = []
+    show = not cfg.quiet and sys.stderr.isatty()
+    by_id = {(b.symbol, b.label): b for b in blocks}
     try:
-        with ThreadPoolExecutor(max_workers=max(1, cfg.features.threads)) as pool:
-            for (symbol, key, wanted, out_months, _), table in pool.map(run, jobs):
-                ts_months = _months_of_ts(table)
-                for m in out_months:
-                    part = table.filter(pc.equal(ts_months, m))
-                    final = cache_path(cfg, symbol, m)
-                    write_atomic(part, staging / final.relative_to(cache_dir))
-                    written.append(final)
+        with tqdm(total=len(blocks), desc="features", unit="block", disable=not show or not blocks,
+                  file=sys.stderr, leave=False) as bar:
+            for done in run_blocks(blocks, executor=executor, threads=cfg.features.threads, scheduler=scheduler,
+                                   task=task):
+                block = by_id[(done.symbol, done.label)]
+                log.info("features %s %s: %d rows", done.symbol, done.label, sum(done.rows))
+                for m, rows in zip(block.months, done.rows):
+                    written.append(cache_path(cfg, done.symbol, m))
                     result.months_computed += 1
-                    result.rows_written += part.num_rows
+                    result.rows_written += rows
+                key, wanted = wanted_of[(done.symbol, done.label)]
                 manifest[key] = wanted
+                bar.update(1)
                 check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
         check_interrupted()
         with deferred_interrupt():  # Ctrl-C waits for the renames (quick): all or nothing
@@ -419,15 +434,6 @@ def _publish(cache_dir: Path, staging: Path, written: list[Path], manifest: dict
             old.unlink()
     if written or full:
         _write_manifest(cache_dir / "_manifest.json", manifest)
-
-
-def _months_of_ts(table: pa.Table) -> pa.Array:
-    """Month index of each row's hourly bar (open_time = ts - 1 h), the cache's partition key."""
-    import numpy as np
-
-    ms = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy() - 3_600_000
-    months = ms.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
-    return pa.array(months + 1970 * 12)
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:

@@ -1,0 +1,150 @@
+"""Where the feature cache's blocks run: threads of this process (`local`) or tasks on a Dask cluster.
+
+Guarantees:
+- every block, whichever executor runs it, goes through `build_block`: one DuckDB query on one
+  thread over the block's shards, then one Parquet file per output month written into the staging
+  folder through an atomic replace. The query text is rendered by the caller, so a block's bytes
+  depend only on its inputs, never on the executor, the worker or the order blocks finish in;
+- blocks are yielded as they finish (for a progress bar); the first block that fails stops the
+  build with a one-line MscaleError naming the symbol and block, and the blocks still queued are
+  cancelled. Nothing here publishes anything: the caller moves the staged files into the cache and
+  writes the manifest once every block succeeded;
+- dask: each block is one task that reads the shards and writes the staging folder itself, so both
+  must sit on a filesystem every worker sees under the same path. A worker that dies mid-block
+  leaves at most a temp file in the staging folder (the caller removes the folder) and the
+  scheduler runs the block again on another worker (`distributed.scheduler.allowed-failures`,
+  Dask's own retry of lost tasks); a block that fails for its data is not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from mscale.errors import MscaleError
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "dask")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One (symbol x quarter) block: its rendered query and where each output month is staged."""
+
+    symbol: str
+    label: str  # e.g. "2024-Q1", for messages
+    macros_sql: str
+    query: str  # returns the block's rows ordered by ts
+    months: tuple[int, ...]  # month indexes (year * 12 + month - 1) of the output files
+    staged: tuple[str, ...]  # staging path of each month's file, same order
+    memory_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockDone:
+    symbol: str
+    label: str
+    rows: tuple[int, ...]  # rows written per month of Block.months
+
+
+BlockTask = Callable[[Block], BlockDone]
+
+
+def build_block(block: Block) -> BlockDone:
+    """Compute `block` single-threaded and stage one file per output month (atomic replace each).
+
+    Raises MscaleError naming the symbol and block when the query fails (bad or unreadable data)."""
+    import duckdb
+    import pyarrow.compute as pc
+
+    from mscale.store import write_atomic
+
+    con = duckdb.connect()
+    try:
+        con.execute("set threads = 1")  # one thread: DuckDB's parallel sums could add in any order
+        if block.memory_limit:
+            con.execute(f"set memory_limit = '{block.memory_limit}'")  # a size, checked by config_check
+        con.execute(block.macros_sql)
+        table = con.execute(block.query).to_arrow_table()
+    except duckdb.Error as e:
+        raise MscaleError(f"features {block.symbol} {block.label}: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+    months = month_of_decision(table)
+    rows = []
+    for month, path in zip(block.months, block.staged):
+        part = table.filter(pc.equal(months, month))
+        write_atomic(part, Path(path))
+        rows.append(part.num_rows)
+    return BlockDone(block.symbol, block.label, tuple(rows))
+
+
+def month_of_decision(table: pa.Table) -> pa.Array:
+    """Month index of each row's hourly bar (open_time = ts - 1 h), the cache's partition key."""
+    import numpy as np
+
+    ms = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy() - 3_600_000
+    months = ms.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
+    return pa.array(months + 1970 * 12)
+
+
+def run_blocks(blocks: list[Block], *, executor: str = "local", threads: int = 2, scheduler: str | None = None,
+               task: BlockTask = build_block) -> Iterator[BlockDone]:
+    """Run every block with `task`; yield each result as its block finishes."""
+    if executor == "local":
+        yield from _run_local(blocks, threads, task)
+    elif executor == "dask":
+        yield from _run_dask(blocks, threads, scheduler, task)
+    else:
+        raise MscaleError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+
+
+def _run_local(blocks: list[Block], threads: int, task: BlockTask) -> Iterator[BlockDone]:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending = {pool.submit(task, b) for b in blocks}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _run_dask(blocks: list[Block], threads: int, scheduler: str | None, task: BlockTask) -> Iterator[BlockDone]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise MscaleError("the dask executor needs dask[distributed]: pip install 'dask[distributed]'") from None
+    cluster = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout="10s")
+        else:
+            cluster = LocalCluster(n_workers=max(1, threads), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster)
+    except OSError as e:
+        raise MscaleError(f"cannot reach the Dask scheduler {scheduler} ({e}); start it with `dask-scheduler` "
+                          "or leave --scheduler out for a local cluster") from None
+    try:
+        log.info("dask: %d blocks on %s", len(blocks), client.scheduler.address)
+        # pure=False: a block is an action (it writes files), run it even if an identical one ran
+        futures = [client.submit(task, b, key=f"features-{b.symbol}-{b.label}-{i}", pure=False)
+                   for i, b in enumerate(blocks)]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,125 @@
+"""The feature cache built through Dask (issue 10, deliverable 3): on a LocalCluster of 2 worker
+processes it is byte-identical to the local executor's, survives a worker killed mid-block, and a
+block that fails for its data stops the build with one line naming the symbol and block."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from datetime import date
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from conftest import make_config
+from mscale.errors import MscaleError
+from mscale.warehouse.build import materialise
+from mscale.warehouse.executors import Block, BlockDone, build_block
+
+distributed = pytest.importorskip("distributed")
+
+# the worker processes cannot import this test module: ship its functions by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A scheduler with 2 worker processes (one thread each), shared by the tests of this module."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    """2 symbols x 5 months (4 blocks), and the local executor's cache of it, for comparison."""
+    from mscale.demo import write_demo
+
+    root = tmp_path_factory.mktemp("scale-out")
+    cfg = make_config(root / "local")
+    write_demo(cfg, symbols=("BTCUSDT", "ETHUSDT"), start=date(2024, 2, 1), months=5, seed=5)
+    result = materialise(cfg, full=True, executor="local")
+    assert result.months_computed == 10
+    return cfg, cache_bytes(cfg)
+
+
+def cache_bytes(cfg) -> dict[str, bytes]:
+    """Every file under the cache folder (manifest included), by relative path."""
+    root = cfg.derived_dir / "features"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def copy_market(cfg, dest: Path):
+    """A config over a copy of `cfg`'s shards, with no cache yet."""
+    shutil.copytree(cfg.data_dir, dest / "data", ignore=shutil.ignore_patterns("derived"))
+    return make_config(dest)
+
+
+def kill_worker_once(block: Block, marker: str) -> BlockDone:
+    """A block task whose first attempt leaves half a temp file in the staging folder and then
+    kills its own worker process; later attempts build the block normally."""
+    if not os.path.exists(marker):
+        Path(marker).write_text(block.label)
+        staged = Path(block.staged[0])
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        (staged.parent / f".{staged.name}.partial.tmp").write_bytes(b"PAR1 half a file")
+        os._exit(1)
+    return build_block(block)
+
+
+def test_dask_cache_is_byte_identical_to_the_local_executor(cluster, market, tmp_path):
+    local_cfg, local_bytes = market
+    cfg = copy_market(local_cfg, tmp_path)
+    result = materialise(cfg, full=True, executor="dask", scheduler=cluster.scheduler_address)
+    assert result.months_computed == 10
+    assert cache_bytes(cfg) == local_bytes
+    # a refresh through Dask with nothing new computes nothing
+    again = materialise(cfg, executor="dask", scheduler=cluster.scheduler_address)
+    assert (again.months_computed, again.months_skipped) == (0, 10)
+
+
+def test_a_worker_killed_mid_block_is_retried_and_leaves_no_partial_file(cluster, market, tmp_path):
+    local_cfg, local_bytes = market
+    cfg = copy_market(local_cfg, tmp_path)
+    marker = tmp_path / "killed-once"
+    task = functools.partial(kill_worker_once, marker=str(marker))
+    result = materialise(cfg, full=True, executor="dask", scheduler=cluster.scheduler_address, task=task)
+    assert marker.exists()  # a worker really died
+    assert result.months_computed == 10
+    assert cache_bytes(cfg) == local_bytes
+    leftovers = [p for p in cfg.derived_dir.rglob("*") if p.name.endswith(".tmp") or ".staging" in p.parts]
+    assert leftovers == []
+    cluster.wait_for_workers(2, timeout=30)  # the nanny restarted it, for the next test
+
+
+def test_a_block_with_bad_data_stops_the_build_naming_symbol_and_block(cluster, market, tmp_path):
+    local_cfg, local_bytes = market
+    cfg = copy_market(local_cfg, tmp_path)
+    assert materialise(cfg, full=True, executor="dask", scheduler=cluster.scheduler_address).months_computed == 10
+    before = cache_bytes(cfg)
+    shard = sorted((cfg.market_dir / "minute").glob("*ETHUSDT*_202405.parquet"))[0]
+    shard.write_bytes(b"not parquet at all")
+    with pytest.raises(MscaleError) as err:
+        materialise(cfg, executor="dask", scheduler=cluster.scheduler_address)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("features ETHUSDT 2024-Q2: ")
+    assert cache_bytes(cfg) == before  # nothing published, nothing half-written
+    assert not (cfg.derived_dir / "features" / ".staging").exists()
+
+
+def test_the_local_executor_names_the_bad_block_too(market, tmp_path):
+    cfg = copy_market(market[0], tmp_path)
+    shard = sorted((cfg.market_dir / "minute").glob("*BTCUSDT*_202402.parquet"))[0]
+    shard.write_bytes(b"not parquet at all")
+    with pytest.raises(MscaleError, match=r"^features BTCUSDT 2024-Q1: "):
+        materialise(cfg, full=True, executor="local")
+    assert not (cfg.derived_dir / "features").exists() or not list((cfg.derived_dir / "features").rglob("*.parquet"))
+
+
+def test_an_unreachable_scheduler_is_one_line(market, tmp_path):
+    cfg = copy_market(market[0], tmp_path)
+    with pytest.raises(MscaleError, match="cannot reach the Dask scheduler tcp://127.0.0.1:9"):
+        materialise(cfg, full=True, executor="dask", scheduler="tcp://127.0.0.1:9")
