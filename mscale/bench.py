@@ -193,13 +193,25 @@ def _claim(work_dir: Path) -> None:
 
 
 def run_bench(cfg: Config, what: str = "all", *, quick: bool = False, work_dir: Path | None = None,
-              keep: bool = False) -> Report:
-    """Run the benchmarks of `what` (a section of SECTIONS, or "all"); see the module docstring."""
+              keep: bool = False, profile: bool = False) -> Report:
+    """Run the benchmarks of `what` (a section of SECTIONS, or "all"); see the module docstring.
+    `profile` (features only): just the feature build's per-step profile."""
     sections = SECTIONS if what == "all" else (what,)
     if any(s not in SECTIONS for s in sections):
         raise MscaleError(f"unknown benchmark {what!r}: use all or one of {', '.join(SECTIONS)}")
+    if profile and what != "features":
+        raise MscaleError("--profile profiles the feature build: use `mscale bench features --profile`")
     work_dir = Path(work_dir).resolve() if work_dir else default_work_dir(cfg)
     _claim(work_dir)
+    if profile:
+        from mscale import bench_features
+
+        try:
+            print(bench_features.format_profile(bench_features.profile_market(work_dir / "features", quick=quick)))
+        finally:
+            if not keep:
+                shutil.rmtree(work_dir, ignore_errors=True)
+        return Report()
     expected = {s: EXPECTED_S[s][1 if quick else 0] for s in sections}
     total = sum(expected.values())
     report = Report()

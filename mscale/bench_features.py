@@ -518,6 +518,8 @@ def run(
         f"(benchmark took {time.perf_counter() - t0:.0f}s; load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs; data cached under {base / 'data'})"
     )
+    print()
+    print(format_profile(profile(base, months, sql_root, threads)))
     if report is not None:
         mark_rows(rows, report)
     return rows
@@ -541,26 +543,21 @@ def mark_rows(rows: list[dict], report) -> None:
 
 # --- profile ---------------------------------------------------------------------------------------
 
-
-def explain_features(cfg, symbol: str, year: int, *, threads: int = 1, output: Path | None = None) -> str:
-    """EXPLAIN ANALYZE of the query `compute_features` runs, for one symbol and one calendar year
-    (12 months plus the WARMUP before it, rendered as `materialise` renders a block), on a
-    connection set up like compute_features' (single-threaded by default). Returns the plan text."""
-    from mscale.warehouse import build as b
-    from mscale.warehouse import render as r
-
-    params = _block_params(cfg, symbol, b._month_index(year, 1), b._month_index(year, 12))
-    con = b.connect()
-    con.execute(f"set threads = {int(threads)}")
-    con.execute(f"set memory_limit = {r.sql_string(cfg.features.memory_limit)}")
-    try:
-        b.create_views(con, cfg.sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
-        plan = "\n".join(str(row[1]) for row in con.execute("explain analyze select * from features order by symbol, ts").fetchall())
-    finally:
-        con.close()
-    if output:
-        Path(output).write_text(plan)
-    return plan
+# The build's steps as the issue names them, and the models (or, inside the minute buckets, the
+# operators) that make them up. Operators are told apart by what DuckDB's profiler says they compute.
+PROFILE_LAYERS = (
+    "klines read and warm-up",
+    "minute returns / lag",
+    "minute GROUP BY (hour buckets)",
+    "trailing-week volume references",
+    "long minute windows (30-day percentile, hour-of-day z)",
+    "hourly block and recursions (+ cross, time)",
+    "z-scores and percentiles",
+    "mart join",
+    "write (Parquet per month)",
+)
+_MODEL_LAYER = {"sources": 0, "staging": 0, "features_minute": 4, "features_hourly": 5, "feat_cross": 5,
+                "feat_time": 5, "feat_norm": 6, "marts": 7}
 
 
 def _block_params(cfg, symbol: str, first: int, last: int):
@@ -576,57 +573,122 @@ def _block_params(cfg, symbol: str, first: int, last: int):
     return b.block_params(r.params_from_config(cfg), symbol, first, last, minutes, hours)
 
 
-def operator_costs(cfg, symbol: str, year: int, *, threads: int = 1, top: int = 20) -> tuple[float, list[dict]]:
-    """(query seconds, the `top` most expensive operators) of compute_features' query for one
-    symbol-year, from DuckDB's JSON profile. Operator seconds are DuckDB's own operator timings."""
+def _bucket_layer(op: dict) -> int:
+    """Which step of the minute buckets (feat_min__buckets) an operator of its profile belongs to."""
+    text = f"{op['operator']} {op['detail']}"
+    if "LAG(" in text:
+        return 1
+    if op["operator"] == "HASH_JOIN" or any(k in text for k in ("n_traded", "sum_log_volume", "week_")):
+        return 3
+    return 2
+
+
+def _profile_ops(path: Path) -> tuple[float, list[dict]]:
+    """(query seconds, every operator with its own seconds) of one DuckDB JSON profile."""
     import json
-    import tempfile
 
-    from mscale.warehouse import build as b
-    from mscale.warehouse import render as r
-
-    params = _block_params(cfg, symbol, b._month_index(year, 1), b._month_index(year, 12))
-    con = b.connect()
-    con.execute(f"set threads = {int(threads)}")
-    con.execute(f"set memory_limit = {r.sql_string(cfg.features.memory_limit)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "profile.json"
-        try:
-            b.create_views(con, cfg.sql_dir, params, layers=r.FEATURE_LAYERS + ("sources", "staging"))
-            con.execute("pragma enable_profiling = 'json'")
-            con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
-            t0 = time.perf_counter()
-            con.execute("select * from features order by symbol, ts").fetch_arrow_table()
-            seconds = time.perf_counter() - t0
-            con.execute("pragma disable_profiling")
-        finally:
-            con.close()
-        prof = json.loads(out.read_text())
+    prof = json.loads(path.read_text())
     ops: list[dict] = []
 
-    def walk(node: dict, depth: int) -> None:
+    def walk(node: dict) -> None:
         extra = node.get("extra_info", {})
-        detail = extra.get("Projections") or extra.get("Aggregates") or extra.get("Conditions") or extra.get("Order By") or extra.get("CTE Name") or ""
-        if isinstance(detail, list):
-            detail = "; ".join(map(str, detail))
-        ops.append(
-            {
-                "seconds": float(node.get("operator_timing", 0.0)),
-                "operator": node.get("operator_name", node.get("name", "?")),
-                "rows": node.get("operator_cardinality"),
-                "depth": depth,
-                "detail": str(detail),
-            }
-        )
+        detail = extra.get("Projections") or extra.get("Aggregates") or extra.get("Conditions") or extra.get("Order By") or ""
+        ops.append({"seconds": float(node.get("operator_timing", 0.0)), "operator": node.get("operator_name", "?"),
+                    "rows": node.get("operator_cardinality"),
+                    "detail": "; ".join(map(str, detail)) if isinstance(detail, list) else str(detail)})
         for child in node.get("children", []):
-            walk(child, depth + 1)
+            walk(child)
 
     for child in prof.get("children", []):
-        walk(child, 0)
-    total = sum(o["seconds"] for o in ops) or 1.0
-    for o in ops:
-        o["share"] = o["seconds"] / total
-    return seconds, sorted(ops, key=lambda o: -o["seconds"])[:top]
+        walk(child)
+    return float(prof.get("latency", sum(o["seconds"] for o in ops))), ops
+
+
+def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
+    """Where one block's time goes, from DuckDB's profiler: every model of the block is computed
+    into a temp table on one thread (as a block runs), one statement each with JSON profiling on,
+    and its measured query time is charged to its step of PROFILE_LAYERS; the minute buckets' time
+    is split over their steps in proportion to their operators' own timings. The write is the
+    block's months written as materialise writes them. Also returns the fused query's time (what
+    a build runs), for comparison with the sum of the steps."""
+    import tempfile
+
+    from mscale.store import write_atomic
+    from mscale.warehouse import build as b
+    from mscale.warehouse import render as r
+    from mscale.warehouse.executors import month_of_decision
+
+    params = _block_params(cfg, symbol, first, last)
+    env = r.environment(cfg.sql_dir)
+    models = [m for m in r.discover(cfg.sql_dir) if m.layer in ("sources", "staging") + r.FEATURE_LAYERS]
+    seconds = [0.0] * len(PROFILE_LAYERS)
+    con = b.connect()
+    con.execute("set threads = 1")
+    b.install_macros(con, cfg.sql_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.json"
+        for model in models:
+            sql = r.render(env, model, b._with_extras(params, models))
+            con.execute("pragma enable_profiling = 'json'")
+            con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
+            con.execute(f"create or replace temp table {model.name} as\n{sql}")
+            con.execute("pragma disable_profiling")
+            latency, ops = _profile_ops(out)
+            if model.name == "feat_min__buckets":
+                total = sum(o["seconds"] for o in ops) or 1.0
+                for o in ops:
+                    seconds[_bucket_layer(o)] += latency * o["seconds"] / total
+            else:
+                seconds[_MODEL_LAYER.get(model.name, _MODEL_LAYER.get(model.layer, 5))] += latency
+        table = con.execute("select * from features order by symbol, ts").to_arrow_table()
+        con.close()
+        import pyarrow.compute as pc
+
+        for _ in range(2):  # the second time: without the first Parquet write's one-off set-up
+            t0 = time.perf_counter()
+            months = month_of_decision(table)
+            for m in range(first, last + 1):
+                write_atomic(table.filter(pc.equal(months, m)), Path(tmp) / f"{m}.parquet")
+            seconds[-1] = time.perf_counter() - t0
+    fused = b.connect()
+    fused.execute("set threads = 1")
+    b.install_macros(fused, cfg.sql_dir)
+    t0 = time.perf_counter()
+    fused.execute(b.feature_query(cfg.sql_dir, params)).to_arrow_table()
+    fused_s = time.perf_counter() - t0
+    fused.close()
+    total = sum(seconds)
+    return {"symbol": symbol, "first": first, "last": last, "steps_s": total, "fused_s": fused_s,
+            "layers": [{"layer": name, "seconds": sec, "share": sec / total} for name, sec in zip(PROFILE_LAYERS, seconds)]}
+
+
+def format_profile(prof: dict) -> str:
+    y0, m0 = divmod(prof["first"], 12)
+    y1, m1 = divmod(prof["last"], 12)
+    lines = [f"where a block's time goes: {prof['symbol']} {y0:04d}-{m0 + 1:02d}..{y1:04d}-{m1 + 1:02d} plus "
+             f"its warm-up, 1 thread, DuckDB's profiler (each step computed on its own: {prof['steps_s']:.2f}s in all; "
+             f"the fused block query the build runs: {prof['fused_s']:.2f}s + write)"]
+    for row in prof["layers"]:
+        lines.append(f"  {row['layer']:<56} {row['seconds']:6.3f}s {100 * row['share']:5.1f}%  "
+                     f"{'#' * round(40 * row['share'])}")
+    return "\n".join(lines)
+
+
+def profile_market(base: Path, *, quick: bool = False, years: float = 2.0, sql_dir: Path | None = None) -> dict:
+    """The layer profile of the benchmark's 1-symbol market (generated under `base` if needed)."""
+    sql_root, _ = snapshot_sql(base, sql_dir)
+    return profile(base, QUICK_MONTHS if quick else max(2, round(years * 12)), sql_root)
+
+
+def profile(base: Path, months: int, sql_root: Path, threads: int = THREADS) -> dict:
+    """The layer profile of the last full quarter of the 1-symbol benchmark market."""
+    from mscale.warehouse import build as b
+
+    source = ensure_data(base, bench_symbols(1), months)
+    cfg = make_config(source, threads, sql_root)
+    end = b._month_index(START.year, START.month) + months - 1
+    last = (end + 1) // 3 * 3 - 1  # the last month that ends a calendar quarter
+    return profile_block(cfg, bench_symbols(1)[0], last - 2, last)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -640,20 +702,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=THREADS)
     p.add_argument("--quick", action="store_true", help=f"1 symbol x {QUICK_MONTHS} months, 1 repeat (smoke test)")
     p.add_argument("--sql-dir", type=Path, default=None, help="SQL templates to measure (default: the project's sql/)")
-    p.add_argument("--profile", metavar="YEAR", type=int, help="instead: EXPLAIN ANALYZE one symbol-year of the build")
+    p.add_argument("--profile", action="store_true", help="only the profile: where one block's time goes, per step")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.profile:
-        base = args.base_dir or default_base()
-        months = max(2, round(args.years * 12))
-        source = ensure_data(base, bench_symbols(1), months)
-        sql_root, _ = snapshot_sql(base, args.sql_dir)
-        pcfg = make_config(source, args.threads, sql_root)
-        print(explain_features(pcfg, bench_symbols(1)[0], args.profile, threads=1))
-        seconds, ops = operator_costs(pcfg, bench_symbols(1)[0], args.profile, threads=1)
-        print(f"\ncompute_features query, {bench_symbols(1)[0]} {args.profile} (+{2} warm-up months), 1 thread: {seconds:.2f}s; top operators:")
-        for o in ops:
-            print(f"  {o['seconds']:6.3f}s {100 * o['share']:5.1f}%  {o['operator']:<15} rows={o['rows']:<8} {o['detail'][:160]}")
+        print(format_profile(profile_market(args.base_dir or default_base(), quick=args.quick, years=args.years,
+                                            sql_dir=args.sql_dir)))
         return 0
     run(
         args.base_dir,

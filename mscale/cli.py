@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "backtest", "train", "demo", "features"],
                    help="which benchmark to run (default all)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("--profile", action="store_true",
+                   help="features only: print where one block's time goes, per step (DuckDB's profiler), and nothing else")
     p.add_argument("--work-dir", type=Path,
                    help="folder for the scratch data (generated markets, warehouses, runs); default "
                         "bench-work beside the data dir; removed at the end unless --keep")
@@ -370,7 +372,7 @@ def _dispatch(cfg: Config, args: argparse.Namespace) -> int:
     elif cmd == "bench":
         from mscale.bench import run_bench
 
-        run_bench(cfg, args.what, quick=args.quick, work_dir=args.work_dir, keep=args.keep)
+        run_bench(cfg, args.what, quick=args.quick, work_dir=args.work_dir, keep=args.keep, profile=args.profile)
     return 0
 
 

@@ -75,3 +75,28 @@ def test_figures_are_marked_and_the_summary_names_the_misses(capsys):
     assert report.summary().startswith("3 figures against a target: 2 ok, 1 MISSED (full build / DuckDB scan floor")
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].rstrip().endswith("MISSED") and printed[-1].rstrip().endswith("-")
+
+
+def test_features_profile_names_every_step_with_shares_that_add_up(tmp_path):
+    from mscale.bench_features import PROFILE_LAYERS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSCALE_")}
+    work = tmp_path / "bench"
+    out = subprocess.run([sys.executable, "-m", "mscale", "bench", "features", "--profile", "--quick", "--data-dir",
+                          str(tmp_path / "data"), "--work-dir", str(work)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("where a block's time goes:"))
+    steps = lines[header + 1:header + 1 + len(PROFILE_LAYERS)]
+    assert [line.split("  ")[1].strip() for line in steps] == list(PROFILE_LAYERS)
+    shares = [float(re.search(r"s\s+([\d.]+)%", line).group(1)) for line in steps]
+    seconds = [float(re.search(r"([\d.]+)s\s+[\d.]+%", line).group(1)) for line in steps]
+    assert abs(sum(shares) - 100) < 0.5
+    assert seconds[0] > 0 and seconds[5] > 0 and seconds[-1] > 0  # reading, the hourly block and the write took time
+    assert not work.exists()
+
+
+def test_profile_is_for_the_feature_build_only(tmp_path):
+    with pytest.raises(MscaleError, match="mscale bench features --profile"):
+        run_bench(make_config(tmp_path), "ingest", quick=True, work_dir=tmp_path / "w", profile=True)

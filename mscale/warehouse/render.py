@@ -7,6 +7,8 @@ contract's pattern, paths and timestamps are quoted by us, numbers are checked i
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -102,7 +104,10 @@ def sql_float(value: Any) -> str:
     return text if "e" in text else text + "e0"
 
 
+@functools.lru_cache(maxsize=16)
 def environment(sql_dir: Path) -> jinja2.Environment:
+    """The Jinja environment of `sql_dir`, one per folder and process: it keeps the compiled
+    templates (compiling them is most of a render) and recompiles a template whose file changed."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(sql_dir)),
         undefined=jinja2.StrictUndefined,
