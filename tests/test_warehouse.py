@@ -499,3 +499,23 @@ def test_klines_views_never_show_a_bar_twice(tmp_path):
     assert con.execute("select count(*), count(distinct open_time) from klines_1m").fetchone() == (240, 240)
     n_hours = con.execute("select count(*), count(distinct open_time) from klines_1h").fetchone()
     assert n_hours[0] == n_hours[1] == 4
+
+
+def test_a_key_the_minute_sql_duplicates_is_caught_by_the_sampled_blocks_and_the_cache(demo_market, tmp_path):
+    """The live-layer uniqueness checks run on a sample of blocks only (build.BLOCK_CHECKS); a key
+    the SQL duplicates still fails the build, from the sampled block and from the cached rows."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "sql", project / "sql")
+    minute = project / "sql" / "features" / "minute" / "features_minute.sql"
+    text = minute.read_text()
+    assert text.rstrip().endswith("select * from final")
+    minute.write_text(text.rstrip() + "\nunion all (select * from final order by ts desc limit 1)\n")
+    shutil.copytree(demo_market.data_dir, project / "data")
+    from mscale.config import load_config
+
+    cfg = load_config(project_root=project)
+    with pytest.raises(CheckFailedError) as err:
+        build_features(cfg)
+    failing = dict(line.strip().split(": ", 1) for line in str(err.value).splitlines()[1:])
+    assert failing["chk_features_minute__unique_key"].startswith("2 offending rows")  # one per sampled block
+    assert failing["chk_features__unique_key"].startswith("2 offending rows")  # over every cached row

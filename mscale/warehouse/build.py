@@ -171,19 +171,60 @@ class CheckResult:
 
 
 def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderParams,
-               only: set[str] | None = None) -> list[CheckResult]:
-    """Run every template in `checks/` (or those named in `only`): each returns offending rows;
-    empty means pass."""
+               only: set[str] | None = None, skip: frozenset[str] = frozenset()) -> list[CheckResult]:
+    """Run every template in `checks/` (or those named in `only`, less those in `skip`): each
+    returns offending rows; empty means pass."""
     env = r.environment(sql_dir)
     results = []
     for model in r.discover(sql_dir):
-        if model.layer != "checks" or (only is not None and model.name not in only):
+        if model.layer != "checks" or (only is not None and model.name not in only) or model.name in skip:
             continue
         cursor = con.execute(r.render(env, model, params))  # offending rows: few, or none
         columns = [d[0] for d in cursor.description]
         rows = cursor.fetchall()
         results.append(CheckResult(model.name, len(rows), [dict(zip(columns, row)) for row in rows[:10]]))
     return results
+
+
+# Checks of the live layers under the mart (each recomputes its layer from the minutes): run by
+# `mscale features` on a sample of blocks, each over the block's own shards as it was computed,
+# not over the whole history. They still catch a duplicated key: every block runs the same SQL, so
+# a key the SQL duplicates (a join that fans out, a lost dedupe) shows in any block; and whatever
+# duplicate reaches the published features, from any layer or block, is caught over every cached
+# row by chk_features__unique_key, which runs on the cache (as do the grid and order checks). The
+# alignment check compares the sampled blocks' cached rows with their minutes.
+BLOCK_CHECKS = frozenset({"chk_features__alignment", "chk_features_hourly__unique_key", "chk_features_minute__unique_key",
+                          "chk_fills__unique_key", "chk_klines_1m__unique_key", "chk_labels__unique_key"})
+SAMPLED_BLOCKS = 2
+
+
+def sample_blocks(result: BuildResult, n: int = SAMPLED_BLOCKS) -> list[tuple[r.RenderParams, list[Path]]]:
+    """The blocks the live-layer checks run on: the latest computed block of each of up to `n`
+    symbols (the first and the last), or with nothing computed, the latest block of the build."""
+    pool = result.computed or result.planned[-1:]
+    latest: dict[str, tuple[r.RenderParams, list[Path]]] = {}
+    for block in pool:
+        latest[block[0].symbols[0]] = block  # plan order: months ascend within a symbol
+    symbols = list(latest)
+    return [latest[s] for s in dict.fromkeys(symbols[:1] + symbols[-1:])][:n]
+
+
+def check_blocks(cfg: Config, blocks: list[tuple[r.RenderParams, list[Path]]], models: list[r.Model]) -> list[CheckResult]:
+    """BLOCK_CHECKS over each block's views: its layers live over its own shards, its mart the
+    block's cached files; the results of one check over all blocks are added up, samples kept from
+    the first block that failed it."""
+    merged = {name: CheckResult(name, 0) for name in sorted(BLOCK_CHECKS)}
+    for params, files in blocks:
+        con = connect()
+        try:
+            con.execute("set threads = 1")
+            create_views(con, cfg.sql_dir, params, mart_cache=[str(f) for f in files], extra_dirs=cfg.extra_feature_dirs)
+            for c in run_checks(con, cfg.sql_dir, _with_extras(params, models), only=set(BLOCK_CHECKS)):
+                merged[c.name].failing_rows += c.failing_rows
+                merged[c.name].sample = merged[c.name].sample or c.sample
+        finally:
+            con.close()
+    return list(merged.values())
 
 
 def check_stored_order(con: duckdb.DuckDBPyConnection, cache_glob: str) -> CheckResult:
@@ -283,6 +324,9 @@ class BuildResult:
     rows_written: int = 0
     seconds: float = 0.0
     checks: list[CheckResult] = field(default_factory=list)
+    # (parameters, cache files) of the blocks computed, and of every block of the build, in plan order
+    computed: list[tuple[r.RenderParams, list[Path]]] = field(default_factory=list)
+    planned: list[tuple[r.RenderParams, list[Path]]] = field(default_factory=list)
 
     def summary(self) -> str:
         failing = [f"{c.name}: {c.failing_rows} FAILING" for c in self.checks if c.failing_rows]
@@ -379,10 +423,13 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             if not out_months:
                 continue
             key = f"{symbol}/{block}"
+            params = block_params(base, symbol, first, last, minute_files, hourly_files)
+            files = [cache_path(cfg, symbol, m) for m in out_months]
+            result.planned.append((params, files))
             if manifest.get(key) == wanted and all(cache_path(cfg, symbol, m).exists() for m in out_months):
                 result.months_skipped += len(out_months)
                 continue
-            params = block_params(base, symbol, first, last, minute_files, hourly_files)
+            result.computed.append((params, files))
             label = f"{first // 12:04d}-Q{first % 12 // 3 + 1}"
             staged = tuple(str(staging / cache_path(cfg, symbol, m).relative_to(cache_dir)) for m in out_months)
             blocks.append(Block(symbol, label, macros_sql, feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs),
@@ -475,8 +522,9 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
 
         create_run_views(con, cfg.runs_dir)
         checks_started = time.perf_counter()
-        result.checks = run_checks(con, cfg.sql_dir, _with_extras(params, models))
+        result.checks = run_checks(con, cfg.sql_dir, _with_extras(params, models), skip=BLOCK_CHECKS)
         result.checks.append(check_stored_order(con, cache))
+        result.checks += check_blocks(cfg, sample_blocks(result), models)
         store_check_results(con, result.checks)
         con.commit()
         log.info("checks took %.1fs", time.perf_counter() - checks_started)
