@@ -138,6 +138,8 @@ class TrainSettings:
     shuffle_labels: bool = False  # sanity mode: train on permuted labels (OOS skill must vanish)
     aux: bool = True  # train the vol_high and volm_up models beside the direction model
     block_h: int = 168  # the comparison's bootstrap block length in hours
+    executor: str = "local"  # where the fits run: "local" threads, or "dask" tasks (results identical)
+    scheduler: str = ""  # with executor "dask": the scheduler's address; empty = a local cluster of `threads` processes
 
     def validate(self) -> None:
         """One-line MscaleError for a setting of the wrong type or choice (the backtest knobs are

@@ -267,6 +267,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "shuffle_labels": boolean,
         "aux": boolean,
         "block_h": whole(1, unit="hours"),
+        "executor": choice("local", "dask"),
+        "scheduler": _scheduler,
     },
 }
 

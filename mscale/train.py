@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--min-trades", type=int, help="minimum entries of a tuned threshold set on the validation slice")
     a("--seed", type=int, help="random seed of the models and the bootstrap (default 0)")
     a("--threads", type=int, help="models fitted at once, one thread each (default 2)")
+    a("--executor", choices=["local", "dask"],
+      help="where the (fold x token x task) fits run: local threads, or tasks on a Dask cluster; results are "
+      "identical (default [train] executor, local; doc/scale-out.md)")
+    a("--scheduler", metavar="ADDRESS",
+      help="with --executor dask: the scheduler, e.g. tcp://head:8786 (default: a local cluster of --threads processes)")
     a("--shuffle-labels", action="store_true", default=None, help="sanity mode: train on permuted labels")
     a("--no-aux", dest="aux", action="store_false", default=None, help="direction model only, no vol_high / volm_up models")
     a("--out", help="runs folder (default _exp/ in the project root)")
@@ -58,6 +63,7 @@ _FLAG_KEYS = {
     "slippage": "slippage", "filter": "filter", "filter_exit": "filter_exit", "long_only": "long_only",
     "min_hold": "min_hold", "cooldown": "cooldown", "max_trades_per_day": "max_trades_per_day",
     "min_trades": "min_trades", "seed": "seed", "threads": "threads", "shuffle_labels": "shuffle_labels", "aux": "aux",
+    "executor": "executor", "scheduler": "scheduler",
 }
 
 

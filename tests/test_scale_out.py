@@ -123,3 +123,26 @@ def test_an_unreachable_scheduler_is_one_line(market, tmp_path):
     cfg = copy_market(market[0], tmp_path)
     with pytest.raises(MscaleError, match="cannot reach the Dask scheduler tcp://127.0.0.1:9"):
         materialise(cfg, full=True, executor="dask", scheduler="tcp://127.0.0.1:9")
+
+
+# --- training's fits on the same cluster (deliverable 4) ------------------------------------------
+
+
+def test_training_through_dask_gives_the_local_runs_results(demo_warehouse, cluster):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from conftest import run_config
+    from mscale.research.pipeline import run_training
+
+    local = run_training(run_config(demo_warehouse, "dask-compare", model="lgbm", n_splits=2))
+    dask = run_training(run_config(demo_warehouse, "dask-compare", model="lgbm", n_splits=2, executor="dask",
+                                   scheduler=cluster.scheduler_address))
+    assert local.path != dask.path
+    assert "fit" in cluster.scheduler.task_prefixes  # the fits really ran as tasks on the cluster
+    a = pq.read_table(local.path / "predictions.parquet").drop(["run_id"])
+    b = pq.read_table(dask.path / "predictions.parquet").drop(["run_id"])
+    assert a.num_rows > 0 and a.equals(b)
+    folds_a = pacsv.read_csv(local.path / "folds.csv")
+    folds_b = pacsv.read_csv(dask.path / "folds.csv")
+    assert folds_a.equals(folds_b)  # the same models, so the same tuned thresholds and fold figures

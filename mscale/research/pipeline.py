@@ -14,7 +14,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -202,12 +204,13 @@ def train_arms(cfg: Config, ds: dataset.Dataset, prices: pa.Table, folds: list[F
     # OpenMP threads spinning on a busy 2-core machine made LightGBM 10-40x slower. Units are then
     # finished (predictions, tuning) in order as their fits arrive. A bar on a terminal only.
     with tqdm(total=total, desc="train", unit="model", disable=True if cfg.quiet else None, leave=False) as bar, \
-            threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=s.threads) as pool:
+            threadpool_limits(limits=1), _fit_pool(s) as pool:
         for name, columns in arms.items():
             arm = results[name] = Arm(name, columns)
             X = ds.subset(columns)
+            shared = pool.share(X)
             planned = [_plan_unit(cfg, ds, fold, unit) for fold in folds for unit in units]
-            queued = [{task: pool.submit(_fit, s.model if learnable else "prior", X, rows, labels, columns, s.seed)
+            queued = [{task: pool.submit(_fit, s.model if learnable else "prior", shared, rows, labels, columns, s.seed)
                        for task, (rows, labels, learnable) in plan.jobs.items()} for plan in planned]
             for plan, futures in zip(planned, queued):
                 bar.set_postfix_str(f"{name} fold {plan.fold.index + 1}/{len(folds)} {plan.tokens}")
@@ -235,6 +238,38 @@ def train_arms(cfg: Config, ds: dataset.Dataset, prices: pa.Table, folds: list[F
         arm.backtest = evaluation.backtests[name]
         _fold_trading(arm, tiers)
     return results, evaluation, settings
+
+
+class _ThreadPool(ThreadPoolExecutor):
+    def share(self, value: Any) -> Any:
+        return value
+
+
+class _DaskPool:
+    """Fits as Dask tasks: the feature matrix goes to every worker once (`share`), each fit is a task."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def share(self, value: Any) -> Any:
+        return self.client.scatter(value, broadcast=True)
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False)
+
+
+@contextmanager
+def _fit_pool(s: Any) -> Iterator[Any]:
+    """Where an arm's fits run (`[train] executor`): `threads` local threads, or a Dask cluster.
+    Each fit is deterministic and single-threaded wherever it runs, so the results are identical."""
+    if s.executor == "dask":
+        from mscale.cluster import dask_client
+
+        with dask_client(s.scheduler or None, s.threads) as client:
+            yield _DaskPool(client)
+    else:
+        with _ThreadPool(max_workers=s.threads) as pool:
+            yield pool
 
 
 def embargo_hours(cfg: Config) -> int:

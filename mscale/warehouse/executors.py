@@ -119,22 +119,11 @@ def _run_local(blocks: list[Block], threads: int, task: BlockTask) -> Iterator[B
 
 
 def _run_dask(blocks: list[Block], threads: int, scheduler: str | None, task: BlockTask) -> Iterator[BlockDone]:
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise MscaleError("the dask executor needs dask[distributed]: pip install 'dask[distributed]'") from None
-    cluster = None
-    try:
-        if scheduler:
-            client = Client(scheduler, timeout="10s")
-        else:
-            cluster = LocalCluster(n_workers=max(1, threads), threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
-            client = Client(cluster)
-    except OSError as e:
-        raise MscaleError(f"cannot reach the Dask scheduler {scheduler} ({e}); start it with `dask-scheduler` "
-                          "or leave --scheduler out for a local cluster") from None
-    try:
+    from distributed import as_completed
+
+    from mscale.cluster import dask_client
+
+    with dask_client(scheduler, threads) as client:
         log.info("dask: %d blocks on %s", len(blocks), client.scheduler.address)
         # pure=False: a block is an action (it writes files), run it even if an identical one ran
         futures = [client.submit(task, b, key=f"features-{b.symbol}-{b.label}-{i}", pure=False)
@@ -144,7 +133,3 @@ def _run_dask(blocks: list[Block], threads: int, scheduler: str | None, task: Bl
                 yield future.result()
         finally:
             client.cancel([f for f in futures if not f.done()])
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
