@@ -13,7 +13,7 @@ import sys
 from datetime import date, datetime
 from pathlib import Path
 
-from mscale.config import Config, load_config
+from mscale.config import Config, load_config, with_market
 from mscale.errors import MscaleError
 
 log = logging.getLogger("mscale")
@@ -87,13 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbols", nargs="+", required=True, help="Binance symbols, e.g. BTCUSDT ETHUSDT (or comma-separated)")
     p.add_argument("--start", type=_date, required=True, help="first UTC day to fetch (YYYY-MM-DD)")
     p.add_argument("--end", type=_date, help="last UTC day, inclusive (default today)")
-    p.add_argument("--interval", default="1m", help="1m or 1h")
+    p.add_argument("--interval", default="1m", help="1m or 1h (default 1m)")
     p.add_argument("--source", default="bulk", choices=["bulk", "rest", "auto"],
                    help="bulk: the monthly/daily archive files (default); rest: the klines REST API; auto: the archive, then REST for what it lacks")
     p.add_argument("--market", default=None, choices=["spot", "um"], help="spot (default) or USDⓈ-M futures")
-    p.add_argument("--base-url", help="REST base URL")
-    p.add_argument("--archive-url", help="bulk archive base URL")
-    p.add_argument("--pace-ms", type=int, help="pause between REST calls in ms")
+    p.add_argument("--base-url", help="REST base URL (default [ingest] base_url, https://data-api.binance.vision)")
+    p.add_argument("--archive-url", help="bulk archive base URL (default [ingest] archive_url, https://data.binance.vision)")
+    p.add_argument("--pace-ms", type=int, help="pause between REST calls in milliseconds (default [ingest] pace_ms, 250)")
     p.add_argument("--force", action="store_true", help="re-download months already complete")
 
     p = sub.add_parser("import", help="import local archive zips/CSVs or freqtrade JSON")
@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=None,
                    help="rows to show per result, 0 = every row (default 40 rows for a table, every row for "
                    "csv/json/parquet and --out); the row count is always the true one")
-    p.add_argument("--format", dest="fmt", default="table", choices=["table", "csv", "json", "parquet"],
-                   help="table (default), csv (with header), json (an array of row objects) or parquet (needs --out)")
+    p.add_argument("--format", dest="fmt", default=None, choices=["table", "csv", "json", "parquet"],
+                   help="table, csv (with header), json (an array of row objects) or parquet (needs --out); default: "
+                   "from the --out file's extension (.csv, .json, .parquet), else table")
     p.add_argument("--out", dest="out_file",
                    help="write the result to this file instead (atomically: a complete file or none)")
 
@@ -279,31 +280,46 @@ def _dispatch(cfg: Config, args: argparse.Namespace) -> int:
         if summary.rows_written == 0 and not any(r.rows_replaced for r in summary.symbols.values()):
             print("nothing new was written (months already complete are skipped; --force fetches them again)")
         print(f"shards under {cfg.market_dir}")
-        print("next: mscale report (data quality), then mscale features")
+        print(with_market("next: mscale report (data quality), then mscale features", cfg.market))
     elif cmd == "import":
         from mscale.ingest.local import import_paths
 
         summary = import_paths(cfg, args.paths, symbol=args.symbol, interval=args.interval, market=args.market,
                                rename_symbol=args.rename_symbol)
         print(summary)
-        print("next: mscale report (data quality), then mscale features")
+        markets = {f.market for f in summary.files} or {cfg.market}
+        print(with_market("next: mscale report (data quality), then mscale features",
+                          markets.pop() if len(markets) == 1 else cfg.market))
     elif cmd == "resample-hourly":
         from mscale.resample import resample_hourly
 
         for result in resample_hourly(cfg, _symbols(args.symbols), force=args.force).values():
             print(result)
         print(f"hourly shards under {cfg.hourly_dir}")
-        print("next: mscale report (hourly reconciliation), then mscale features")
+        print(with_market("next: mscale report (hourly reconciliation), then mscale features", cfg.market))
     elif cmd == "report":
         from mscale.report import build_report, format_report, write_report
 
-        reports = build_report(cfg, _symbols(args.symbols))
-        if not reports:
-            raise MscaleError(f"no shards under {cfg.market_dir}: run `mscale demo-data` or `mscale ingest` first")
+        from mscale.store import list_shards
+
+        symbols = _symbols(args.symbols)
+        stored = {s.symbol for s in list_shards(cfg.market_dir, "1m")} | {s.symbol for s in list_shards(cfg.market_dir, "1h")}
+        if not stored:
+            raise MscaleError(with_market(f"no shards under {cfg.market_dir}: run `mscale demo-data` or `mscale ingest` first",
+                                          cfg.market))
+        unknown = sorted(set(symbols or ()) - stored)
+        if unknown:
+            raise MscaleError(f"no shards of {', '.join(unknown)} under {cfg.market_dir} (stored: {', '.join(sorted(stored))}); "
+                              "the saved report is left as it was")
+        reports = build_report(cfg, symbols)
         json_path, csv_path = write_report(cfg, reports)
         print(format_report(reports))
         print(f"report saved to {json_path} and {csv_path}")
-        print("next: mscale features (build the warehouse)")
+        if list_shards(cfg.market_dir, "1h"):
+            print(with_market("next: mscale features (build the warehouse)", cfg.market))
+        else:
+            print(with_market("next: mscale resample-hourly (hourly bars from the minutes), then mscale features",
+                              cfg.market))
     elif cmd == "features" and args.list:
         from mscale.warehouse.catalog import format_catalog, read_catalog
 
@@ -315,16 +331,16 @@ def _dispatch(cfg: Config, args: argparse.Namespace) -> int:
         print(result.summary())
         print(f"wrote: {cfg.warehouse} (views, feature_catalog, check results), "
               f"cache {cfg.derived_dir / 'features'}")
-        print('next: mscale sql "select * from features limit 5" (mscale features --list shows every column), '
-              "or python -m mscale.train")
+        print(with_market('next: mscale sql "select * from features limit 5" (mscale features --list shows every '
+                          "column), or mscale train", cfg.market))
     elif cmd == "train":
         from mscale.research.pipeline import run_training
 
         result = run_training(cfg)
         print(result.summary)
         print(f"run written to {result.path}")
-        print(f"next: open {result.path / 'report.html'}; mscale backtest --run {result.path} --fees ... re-runs the "
-              "backtest with other knobs; mscale sql \"select * from runs\" compares runs")
+        print(with_market(f"next: open {result.path / 'report.html'}; mscale backtest --run {result.path} --fees ... "
+                          "re-runs the backtest with other knobs; mscale sql \"select * from runs\" compares runs", cfg.market))
     elif cmd == "backtest":
         from mscale.research.evaluate import summary_table
         from mscale.research.rerun import backtest_run
@@ -354,14 +370,16 @@ def _dispatch(cfg: Config, args: argparse.Namespace) -> int:
         n_splits = args.n_splits or default_splits(args.months)
         run_demo(cfg, symbols=tuple(_symbols(args.symbols) or DEFAULT_SYMBOLS), months=args.months, n_splits=n_splits)
     elif cmd == "sql":
-        from mscale.warehouse.sqlcmd import check_options, run_sql
+        from mscale.warehouse.sqlcmd import check_options, resolve_format, run_sql
 
-        check_options(args.fmt, args.max_rows, args.out_file)
+        fmt = resolve_format(args.fmt, args.out_file)
+        check_options(fmt, args.max_rows, args.out_file)
         query = sys.stdin.read() if args.query == "-" else args.query
-        results = run_sql(cfg, query, max_rows=args.max_rows, fmt=args.fmt, out=args.out_file)
+        results = run_sql(cfg, query, max_rows=args.max_rows, fmt=fmt, out=args.out_file)
         if args.out_file:
             (written,) = [r for r in results if r.columns is not None]
-            print(f"wrote {written.shown:,} rows x {len(written.columns)} columns ({args.fmt}) "
+            rows, columns = written.shown, len(written.columns)
+            print(f"wrote {rows:,} row{'s' * (rows != 1)} x {columns} column{'s' * (columns != 1)} ({fmt}) "
                   f"to {Path(args.out_file).absolute()}")
     elif cmd == "audit":
         from mscale.warehouse.audit import audit, format_audit

@@ -302,7 +302,9 @@ def load_config(
 
     mk = market or raw.get("market", "spot")
     if mk not in ("spot", "um"):
-        raise MscaleError(f"unknown market {mk!r}: use spot or um")
+        where = "--market" if market else f"{toml_path}: market"
+        raise MscaleError(f"{where} = {mk!r} is not a market mscale reads: use \"spot\" or \"um\" (USDⓈ-M futures; "
+                          "coin-M is not supported)")
     data = pick(data_dir, "MSCALE_DATA_DIR", "data_dir", "data")
     wh = pick(warehouse, "MSCALE_WAREHOUSE", "warehouse", DEFAULT_WAREHOUSE[mk])
     cfg = Config(
@@ -327,3 +329,15 @@ def _validate(cfg: Config, raw: dict[str, Any] | None = None, toml_path: Path | 
     from mscale.config_check import check_settings
 
     check_settings(cfg, raw, toml_path)
+
+
+_MARKET_COMMANDS = r"mscale (?:report|features|sql|train|backtest|audit|resample-hourly|import|ingest|demo-data)\b"
+
+
+def with_market(text: str, market: str) -> str:
+    """`text` (a hint or a next step) with `--market MARKET` after every mscale command it names,
+    so a um user copying it stays in um; spot, the default, is left as it is."""
+    if market == "spot":
+        return text
+    return re.sub(rf"({_MARKET_COMMANDS})(?! --market)", rf"\1 --market {market}", text)
+

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mscale.config import Config
+from mscale.config import Config, with_market
+from mscale.errors import MscaleError
 from mscale.schema import KLINE_SCHEMA, validate_symbol
 from mscale.store import SOURCE_COLUMN, read_klines, symbols_with_data, write_klines
 
@@ -123,17 +124,20 @@ def resample_hourly(cfg: Config, symbols: list[str] | None = None, *, force: boo
     - the last hour is derived only once its final minute is present (a trailing hour still being
       filled would otherwise become a fake bar);
     - everything written goes through `write_klines` with source "resampled", so each derived bar
-      says so in `klines_1h.source`. A symbol without minute shards writes nothing.
+      says so in `klines_1h.source`;
+    - no minute shards at all, or a named symbol without any, is a MscaleError before anything is written.
     """
-    todo = symbols_with_data(cfg.market_dir, "1m") if symbols is None else list(symbols)
+    with_minutes = symbols_with_data(cfg.market_dir, "1m")
+    todo = with_minutes if symbols is None else [validate_symbol(s) for s in symbols]
+    missing = [s for s in todo if s not in with_minutes]
+    if not with_minutes or missing:
+        what = f"no minute shards of {', '.join(missing)}" if missing and with_minutes else "no minute shards"
+        raise MscaleError(with_market(
+            f"{what} under {cfg.minute_dir}: nothing to resample; hourly bars are derived from 1m klines "
+            "(mscale ingest --interval 1m, or mscale import)", cfg.market))
     out: dict[str, ResampleResult] = {}
     for symbol in todo:
-        validate_symbol(symbol)
         minutes = read_klines(cfg.market_dir, "1m", symbol)
-        if minutes.num_rows == 0:
-            log.warning("%s: no minute shards under %s; nothing to resample", symbol, cfg.market_dir)
-            out[symbol] = ResampleResult(symbol, 0, market_dir=str(cfg.market_dir))
-            continue
         hours = _complete_tail(hours_from_minutes(minutes), minutes)
         stored = read_klines(cfg.market_dir, "1h", symbol, with_source=True)
         plan = _plan(hours, stored, force=force)

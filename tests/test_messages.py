@@ -51,7 +51,7 @@ def test_a_build_with_nothing_to_recompute_says_so(demo_market, tmp_path, capsys
     first = capsys.readouterr().out
     assert "nothing changed" not in first and "computed" in first
     assert str(cfg.warehouse) in first  # what it wrote ...
-    assert "next: mscale sql" in first and "python -m mscale.train" in first  # ... and the next step
+    assert "next: mscale sql" in first and "mscale train" in first  # ... and the next step
     assert main(["features", *_args(cfg)]) == 0
     second = capsys.readouterr().out
     assert "nothing changed since the last build" in second
@@ -201,3 +201,25 @@ def test_demo_data_dates_are_iso_in_the_summary(tmp_path):
     cfg = make_config(tmp_path)
     text = format_summary(write_demo(cfg, symbols=("BTCUSDT",), start=date(2024, 2, 1), months=1, seed=3))
     assert "2024-02-01" in text and "2024-02-29" in text and "datetime" not in text
+
+
+def test_hints_and_next_steps_keep_the_market():
+    from mscale.config import with_market
+
+    text = 'next: mscale sql "select 1" (mscale features --list), or mscale train; run `mscale resample-hourly` first'
+    assert with_market(text, "spot") == text
+    assert with_market(text, "um") == ('next: mscale sql --market um "select 1" (mscale features --market um --list), '
+                                       "or mscale train --market um; run `mscale resample-hourly --market um` first")
+    assert with_market("mscale report --market um", "um") == "mscale report --market um"  # never twice
+
+
+def test_report_of_a_symbol_without_data_keeps_the_saved_report(demo_market, tmp_path, capsys):
+    cfg = make_config(tmp_path)
+    shutil.copytree(demo_market.data_dir, cfg.data_dir)
+    assert main(["report", *_args(cfg)]) == 0
+    saved = (cfg.reports_dir / "ingestion_report.json").read_text()
+    capsys.readouterr()
+    assert main(["report", *_args(cfg), "--symbols", "XRPUSDT"]) != 0
+    err = capsys.readouterr().err
+    assert "no shards of XRPUSDT" in err and "left as it was" in err
+    assert (cfg.reports_dir / "ingestion_report.json").read_text() == saved

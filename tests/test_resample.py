@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from mscale.config import Config
 from mscale.resample import hours_from_minutes, resample_hourly
@@ -143,8 +145,18 @@ def test_default_leaves_symbols_with_exchange_hourly_bars_alone(tmp_path):
     assert volumes == [99.0, hours_from_minutes(_with_last_minute()).column("volume")[1].as_py()]
 
 
-def test_resample_hourly_symbol_without_minutes(tmp_path):
+def test_resample_hourly_without_minutes_is_an_error_that_writes_nothing(tmp_path):
+    """Nothing to resample is said, not silently "done": no minute shards at all, or a named symbol
+    without any (the others are not resampled either)."""
+    from mscale.errors import MscaleError
+
     cfg = _cfg(tmp_path)
-    r = resample_hourly(cfg, ["ETHUSDT"])["ETHUSDT"]
-    assert (r.minutes, r.written) == (0, 0) and "nothing to derive" in str(r)
+    with pytest.raises(MscaleError, match=r"^no minute shards under .*nothing to resample"):
+        resample_hourly(cfg)
+    write_klines(cfg.market_dir, "1m", _tiny())
+    with pytest.raises(MscaleError, match=r"^no minute shards of ETHUSDT under "):
+        resample_hourly(cfg, ["BTCUSDT", "ETHUSDT"])
     assert not (cfg.market_dir / "hourly").exists() or not os.listdir(cfg.market_dir / "hourly")
+    um = replace(cfg, market="um")
+    with pytest.raises(MscaleError, match=r"mscale ingest --market um --interval 1m"):
+        resample_hourly(um)

@@ -42,6 +42,10 @@ BAD = [
     ("features", "memory_limit", "4", "4"),
     ("features", "memory_limit", '"lots"', '"lots"'),
     ("features", "threads", "0", "0"),
+    ("features", "executor", '"spark"', '"spark"'),
+    ("features", "scheduler", '"head:8786"', '"head:8786"'),
+    ("train", "executor", "1", "1"),
+    ("train", "scheduler", '["tcp://a:1"]', '["tcp://a:1"]'),
     ("labels", "horizons", '"1,4,24"', '"1,4,24"'),
     ("labels", "horizons", "[0, 1]", "[0, 1]"),
     ("labels", "horizon", '"1"', '"1"'),
@@ -183,3 +187,14 @@ def test_an_unquoted_toml_date_is_the_date_it_says(tmp_path):
     root = _toml(tmp_path, "features", "start = 2024-01-01T00:00:00")
     with pytest.raises(MscaleError, match=r"\[features\] start must be a UTC date \"YYYY-MM-DD\""):
         load_config(project_root=root)
+
+
+def test_an_unknown_market_names_the_key_and_file(tmp_path):
+    from mscale.config import load_config
+    from mscale.errors import MscaleError
+
+    (tmp_path / "mscale.toml").write_text('market = "cm"\n')
+    with pytest.raises(MscaleError, match=r"mscale\.toml: market = 'cm' is not a market .*coin-M is not supported"):
+        load_config(project_root=tmp_path)
+    with pytest.raises(MscaleError, match=r"^--market = 'xx'"):
+        load_config(project_root=tmp_path, market="xx")

@@ -126,7 +126,7 @@ def test_json_to_stdout_parses_back(built, capsys):
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet", "table"])
 def test_out_writes_the_file_and_says_so(built, capsys, tmp_path, fmt):
-    target = tmp_path / f"result.{fmt}"
+    target = tmp_path / f"result.{fmt if fmt != 'table' else 'txt'}"
     code, out, _ = sql(built, capsys, QUERY, "--format", fmt, "--out", str(target))
     assert code == 0
     assert str(target) in out and "50 rows" in out
@@ -148,6 +148,25 @@ def test_out_takes_every_row_by_default(built, capsys, tmp_path):
     target = tmp_path / "all.parquet"
     assert sql(built, capsys, "select * from range(1000)", "--format", "parquet", "--out", str(target))[0] == 0
     assert pq.read_table(target).num_rows == 1000
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "json"])
+def test_out_without_format_takes_the_files_extension(built, capsys, tmp_path, suffix):
+    target = tmp_path / f"one.{suffix}"
+    code, out, _ = sql(built, capsys, "select 1 as a", "--out", str(target))
+    assert code == 0 and f"wrote 1 row x 1 column ({suffix})" in out
+    if suffix == "parquet":
+        assert pq.read_table(target).to_pylist() == [{"a": 1}]
+    elif suffix == "csv":
+        assert list(csv.DictReader(target.open())) == [{"a": "1"}]
+    else:
+        assert json.loads(target.read_text()) == [{"a": 1}]
+
+
+def test_a_format_contradicting_the_out_extension_is_refused(built, capsys, tmp_path):
+    code, _, err = sql(built, capsys, "select 1 as a", "--format", "csv", "--out", str(tmp_path / "x.parquet"))
+    assert code != 0 and "--format csv contradicts --out x.parquet" in err
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_parquet_needs_out(built, capsys):
@@ -248,6 +267,7 @@ def test_feature_catalog_definitions_come_from_the_docs_and_stats_from_the_build
     assert "Wilder" in rows["rsi_14"]["definition"]
     assert "volume" in rows["m_vol_sum_5m"]["definition"]  # m_vol_sum_{5,15,60}m in the doc
     assert rows["m_ret_15m"]["lookback"] == "W_15" and "W_15" in rows["m_ret_15m"]["definition"]  # W_w made concrete
+    assert rows["ret_3h"]["lookback"] == "2 bars, 3 h apart" and "ts−3h" in rows["ret_3h"]["definition"]  # h too
     assert "|H − C_prev|" in rows["true_range"]["definition"]  # pipes inside code spans stay in the cell
     assert "z-score of ret_1h " in rows["ret_1h_z"]["definition"]  # z columns: from feat_norm's purpose line
     assert rows["ret_1h_z"]["lookback"] == "168 rows, current excluded"

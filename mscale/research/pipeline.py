@@ -27,7 +27,7 @@ import pyarrow as pa
 from mscale.backtest import BacktestResult, Rules, parse_fees
 from mscale.backtest.market import load_prices
 from mscale.backtest.metrics import HOUR_MS, sharpe
-from mscale.config import Config
+from mscale.config import Config, with_market
 from mscale.errors import CheckFailedError, MscaleError
 from mscale.research import dataset, runs
 from mscale.research.evaluate import (BacktestSettings, Evaluation, evaluate, headline, summary_table, verdict_line,
@@ -135,7 +135,7 @@ def load_plan(cfg: Config) -> Plan:
 
     s, lab = cfg.train, cfg.labels
     if not cfg.warehouse.exists():
-        raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` (or `make features`) first")
+        raise MscaleError(with_market(f"no warehouse at {cfg.warehouse}: run `mscale features` first", cfg.market))
     con = connect(cfg.warehouse, read_only=True)
     try:
         check_market(con, cfg)

@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 from tqdm import tqdm
 
-from mscale.config import DEFAULT_WAREHOUSE, Config
+from mscale.config import DEFAULT_WAREHOUSE, Config, with_market
 from mscale.errors import CheckFailedError, MscaleError
 from mscale.store import list_shards, month_bounds, write_text_atomic
 from mscale.warehouse import render as r
@@ -49,8 +49,9 @@ def connect(database: str | Path = ":memory:", *, cfg: Config | None = None, rea
         con = duckdb.connect(str(database), read_only=read_only)
     except duckdb.IOException as e:
         raise MscaleError(
-            f"cannot open warehouse {database} ({str(e).splitlines()[0]}); close other duckdb sessions on it "
-            "(browse with `duckdb -readonly`, which never blocks another reader) and retry"
+            f"cannot open warehouse {database} ({str(e).splitlines()[0]}); close the other session holding it (a "
+            "duckdb shell, a notebook, another mscale) and retry; while browsing, `duckdb -readonly` lets other "
+            "readers in, but a build waits until every session has closed"
         ) from None
     if cfg is not None:
         con.execute(f"set threads = {int(cfg.features.threads)}")
@@ -499,10 +500,9 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
     Raises CheckFailedError (after storing the results) when any check returns rows.
     """
     if not list_shards(cfg.market_dir, "1h"):
-        raise MscaleError(
+        raise MscaleError(with_market(
             f"no hourly shards under {cfg.hourly_dir}: run `mscale demo-data`, `mscale ingest --interval 1h` "
-            "or `mscale resample-hourly` first"
-        )
+            "or `mscale resample-hourly` first", cfg.market))
     models = r.discover(cfg.sql_dir, cfg.extra_feature_dirs)
     con = connect(cfg.warehouse, cfg=cfg)
     try:

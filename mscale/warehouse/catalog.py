@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from mscale.config import Config
+from mscale.config import Config, with_market
 from mscale.errors import MscaleError
 from mscale.warehouse import render as r
 
@@ -144,11 +144,22 @@ def parse_feature_doc(text: str) -> dict[str, DocEntry]:
 
 
 def _concrete(column: str, values: dict) -> dict:
-    """A row shared by several windows says `W_w`; each of its columns gets its own `W_15`."""
-    m = re.search(r"_(\d+)m$", column)
-    if not m:
-        return values
-    return {k: re.sub(r"\bW_w\b", f"W_{m.group(1)}", v) if v else v for k, v in values.items()}
+    """A row shared by several windows says `W_w` (minutes) or `h` (hours); each of its columns gets
+    its own: `W_15` for m_*_15m, "3 h apart" and `ts−3h` for ret_3h."""
+    if m := re.search(r"_(\d+)m$", column):
+        return {k: re.sub(r"\bW_w\b", f"W_{m.group(1)}", v) if v else v for k, v in values.items()}
+    if m := re.search(r"_(\d+)h$", column):
+        n = m.group(1)
+        subs = ((r"\bh h\b", f"{n} h"), (r"−h\b", f"−{n}h"), (r"\bexactly h hours\b", f"exactly {n} hours"),
+                (r"\bbar h\+1\b", f"bar {int(n) + 1}"))
+
+        def concrete(v: str) -> str:
+            for pattern, repl in subs:
+                v = re.sub(pattern, repl, v)
+            return v
+
+        return {k: concrete(v) if v else v for k, v in values.items()}
+    return values
 
 
 def purpose(path: Path) -> str | None:
@@ -318,7 +329,8 @@ def format_catalog(rows: list[dict], *, width: int = 72) -> str:
 def read_catalog(cfg: Config) -> list[dict]:
     """The rows of `feature_catalog` in the warehouse (read-only)."""
     if not cfg.warehouse.exists():
-        raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` first, it builds the feature catalog")
+        raise MscaleError(with_market(f"no warehouse at {cfg.warehouse}: run `mscale features` first, it builds the "
+                                      "feature catalog", cfg.market))
     from mscale.warehouse.build import check_market, connect
 
     con = connect(cfg.warehouse, read_only=True)

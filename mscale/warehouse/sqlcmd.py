@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mscale.config import Config
+from mscale.config import Config, with_market
 from mscale.errors import MscaleError
 from mscale.store import replace_atomically
 
@@ -75,6 +75,21 @@ def split_statements(query: str) -> list[tuple[str, bool]]:
     return [(s.query.strip(), s.type.name in _ROW_TYPES) for s in statements]
 
 
+_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet"}
+
+
+def resolve_format(fmt: str | None, out: str | os.PathLike | None) -> str:
+    """The output format: `fmt` if given, else the --out file's extension (.csv, .json, .parquet),
+    else a table. A given format that contradicts a known extension is an error."""
+    implied = _SUFFIX_FORMATS.get(Path(out).suffix.lower()) if out is not None else None
+    if fmt is None:
+        return implied or "table"
+    if implied is not None and implied != fmt:
+        raise MscaleError(f"--format {fmt} contradicts --out {Path(out).name}: drop --format (the extension decides) "
+                          f"or name the file for {fmt}")
+    return fmt
+
+
 def check_options(fmt: str, max_rows: int | None, out: str | os.PathLike | None) -> None:
     """One-line errors for options that cannot work together, before anything runs."""
     if fmt not in FORMATS:
@@ -113,7 +128,7 @@ def run_sql(
                 "run them separately, or drop --out"
             )
     if not cfg.warehouse.exists():
-        raise MscaleError(f"no warehouse at {cfg.warehouse}: run `mscale features` (or `make features`) first")
+        raise MscaleError(with_market(f"no warehouse at {cfg.warehouse}: run `mscale features` first", cfg.market))
     from mscale.warehouse.build import check_market, connect
 
     con = connect(cfg.warehouse, read_only=True)
