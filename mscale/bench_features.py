@@ -47,9 +47,11 @@ SEED = 7
 THREADS = 2
 _NAMED = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT", "DOTUSDT", "LINKUSDT")
 
-TARGET_SCAN_RATIO = 6.0
-TARGET_PANDAS_SPEEDUP = 3.0
+TARGET_SCAN_RATIO = 5.0
+TARGET_PANDAS_SPEEDUP = 3.0  # the core minute columns (--core-only: the same template, those columns only)
 TARGET_INCREMENTAL_PCT = 10.0  # for 24 months of history
+TARGET_CHECKS_RATIO = 1.3  # `mscale features` (build, views, catalog, checks) over the build alone
+TARGET_RSS_MB = 2048.0
 QUICK_MONTHS = 4
 
 
@@ -223,6 +225,48 @@ def _child_materialise(cfg, full: bool) -> dict:
     return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "months": res.months_computed, "rows": res.rows_written}
 
 
+def _child_build_features(cfg) -> dict:
+    """What `mscale features --full` does: the build, then views, catalog and checks."""
+    from mscale.warehouse.build import build_features
+
+    base_rss = _peak_rss_mb()
+    t0 = time.perf_counter()
+    res = build_features(cfg, full=True)
+    seconds = time.perf_counter() - t0
+    return {"seconds": res.seconds, "total_s": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss,
+            "months": res.months_computed, "rows": res.rows_written}
+
+
+def core_query(cfg, files: list[Path]) -> str:
+    """The CONTRACT §5 core minute columns through the project's own templates (sources, staging,
+    feat_min__buckets) over `files`, those columns only, as one statement."""
+    from dataclasses import replace
+
+    from mscale.warehouse import build as b
+    from mscale.warehouse import render as r
+
+    params = replace(r.params_from_config(cfg), minute_files=[str(f) for f in files], hourly_files=())
+    env = r.environment(cfg.sql_dir)
+    models = [m for m in r.discover(cfg.sql_dir) if m.name in ("src_klines_1m", "klines_1m", "feat_min__buckets")]
+    ctes = [f"{m.name} as (\n{r.render(env, m, b._with_extras(params, models))}\n)" for m in models]
+    return "with\n" + ",\n".join(ctes) + f"\nselect symbol, ts, {', '.join(CORE_COLUMNS)} from feat_min__buckets order by symbol, ts"
+
+
+def _child_core(cfg, files: list[Path], threads: int) -> dict:
+    from mscale.warehouse import build as b
+
+    base_rss = _peak_rss_mb()
+    con = b.connect()
+    con.execute(f"set threads = {int(threads)}")
+    b.install_macros(con, cfg.sql_dir)
+    query = core_query(cfg, files)
+    t0 = time.perf_counter()
+    table = con.execute(query).to_arrow_table()
+    seconds = time.perf_counter() - t0
+    con.close()
+    return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "rows": table.num_rows}
+
+
 def scan_floor_sql(files: list[Path]) -> str:
     from mscale.warehouse.render import sql_paths
 
@@ -389,8 +433,9 @@ def _bench_one(
 
     full = []
     for i in range(repeats):
-        full.append(_in_child(_child_materialise, cfg, True))
-        print(f"  full build {i + 1}/{repeats}: {full[-1]['seconds']:.2f}s, peak RSS {full[-1]['rss_mb']:.0f} MB", flush=True)
+        full.append(_in_child(_child_build_features, cfg))
+        print(f"  full build {i + 1}/{repeats}: {full[-1]['seconds']:.2f}s (mscale features in all: {full[-1]['total_s']:.2f}s), "
+              f"peak RSS {full[-1]['rss_mb']:.0f} MB", flush=True)
 
     scan = []
     for i in range(repeats):
@@ -398,8 +443,12 @@ def _bench_one(
         print(f"  scan floor {i + 1}/{repeats}: {scan[-1]['seconds']:.2f}s", flush=True)
 
     pandas_runs: list[dict] = []
+    core_runs: list[dict] = []
     pandas_diff = None
     if n_symbols <= pandas_max_symbols:
+        for i in range(repeats):
+            core_runs.append(_in_child(_child_core, cfg, files, threads))
+            print(f"  core minute columns only (same template), {core_runs[-1]['seconds']:.2f}s", flush=True)
         for i in range(repeats):
             pandas_runs.append(_in_child(_child_pandas, files, i == 0))
             print(f"  pandas {i + 1}/{repeats}: {pandas_runs[-1]['seconds']:.2f}s, peak RSS {pandas_runs[-1]['rss_mb']:.0f} MB", flush=True)
@@ -435,6 +484,7 @@ def _bench_one(
     full_s = _median(full)
     scan_s = _median(scan)
     pandas_s = _median(pandas_runs) if pandas_runs else None
+    core_s = _median(core_runs) if core_runs else None
     incr_s = _median(incr) if incr else None
     return {
         "symbols": n_symbols,
@@ -448,6 +498,9 @@ def _bench_one(
         "pandas_s": pandas_s,
         "pandas_rss_mb": _median(pandas_runs, "rss_mb") if pandas_runs else None,
         "speedup_vs_pandas": pandas_s / full_s if pandas_s else None,
+        "core_s": core_s,
+        "core_vs_pandas": pandas_s / core_s if pandas_s and core_s else None,
+        "total_over_build": statistics.median(r["total_s"] / r["seconds"] for r in full),
         "pandas_max_rel_diff": pandas_diff,
         "incremental_s": incr_s,
         "incremental_pct": 100.0 * incr_s / full_s if incr_s is not None else None,
@@ -462,7 +515,8 @@ def format_table(rows: list[dict]) -> str:
 
     head = (
         f"{'symbols':>7} {'minute rows':>12} {'full s':>8} {'rows/s':>10} {'RSS MB':>7} {'scan s':>7} "
-        f"{'full/scan':>9} {'pandas s':>8} {'vs pandas':>9} {'incr s':>7} {'incr %':>7}"
+        f"{'full/scan':>9} {'pandas s':>8} {'vs pandas':>9} {'core s':>7} {'core/pd':>7} {'incr s':>7} {'incr %':>7} "
+        f"{'total/build':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -470,11 +524,14 @@ def format_table(rows: list[dict]) -> str:
             f"{r['symbols']:>7} {r['minute_rows']:>12,} {r['full_s']:>8.2f} {r['rows_per_s']:>10,.0f} {r['peak_rss_mb']:>7.0f} "
             f"{r['scan_s']:>7.2f} {f(r['full_over_scan'], '.1f') + 'x':>9} {f(r['pandas_s'], '.2f'):>8} "
             f"{f(r['speedup_vs_pandas'], '.2f') + ('x' if r['speedup_vs_pandas'] else ''):>9} "
-            f"{f(r['incremental_s'], '.2f'):>7} {f(r['incremental_pct'], '.1f') + ('%' if r['incremental_pct'] is not None else ''):>7}"
+            f"{f(r['core_s'], '.2f'):>7} {f(r['core_vs_pandas'], '.2f') + ('x' if r['core_vs_pandas'] else ''):>7} "
+            f"{f(r['incremental_s'], '.2f'):>7} {f(r['incremental_pct'], '.1f') + ('%' if r['incremental_pct'] is not None else ''):>7} "
+            f"{f(r['total_over_build'], '.2f') + 'x':>11}"
         )
     lines.append(
-        f"targets: full/scan <= {TARGET_SCAN_RATIO:g}x, speedup vs pandas >= {TARGET_PANDAS_SPEEDUP:g}x, "
-        f"incremental <= {TARGET_INCREMENTAL_PCT:g}% of full for 24 months of history"
+        f"targets: full/scan <= {TARGET_SCAN_RATIO:g}x, core minute columns vs pandas >= {TARGET_PANDAS_SPEEDUP:g}x, "
+        f"incremental <= {TARGET_INCREMENTAL_PCT:g}% of full for 24 months of history, mscale features <= "
+        f"{TARGET_CHECKS_RATIO:g}x the build, peak RSS <= {TARGET_RSS_MB / 1024:g} GB"
     )
     return "\n".join(lines)
 
@@ -531,14 +588,20 @@ def mark_rows(rows: list[dict], report) -> None:
         what = f"{r['symbols']} symbol(s) x {r['months']} months"
         report.row(f"full build / DuckDB scan floor, {what}", f"{r['full_over_scan']:.1f}x",
                    f"<= {TARGET_SCAN_RATIO:g}x", r["full_over_scan"] <= TARGET_SCAN_RATIO)
+        if r.get("core_vs_pandas") is not None:
+            report.row(f"core minute columns vs pandas (same template, those columns only), {what}",
+                       f"{r['core_vs_pandas']:.2f}x", f">= {TARGET_PANDAS_SPEEDUP:g}x", r["core_vs_pandas"] >= TARGET_PANDAS_SPEEDUP)
         if r["speedup_vs_pandas"] is not None:
-            report.row(f"speed-up vs pandas, {what}", f"{r['speedup_vs_pandas']:.2f}x",
-                       f">= {TARGET_PANDAS_SPEEDUP:g}x", r["speedup_vs_pandas"] >= TARGET_PANDAS_SPEEDUP)
+            report.row(f"whole build (every column) vs pandas core columns, {what}", f"{r['speedup_vs_pandas']:.2f}x")
+        if r.get("total_over_build") is not None:
+            report.row(f"mscale features (build + views + catalog + checks) / build, {what}", f"{r['total_over_build']:.2f}x",
+                       f"<= {TARGET_CHECKS_RATIO:g}x", r["total_over_build"] <= TARGET_CHECKS_RATIO)
         if r["incremental_pct"] is not None:
             limit = incremental_target(r["months"])
             report.row(f"incremental refresh (one more month) / full build, {what}", f"{r['incremental_pct']:.1f}%",
                        f"<= {limit:g}%", r["incremental_pct"] <= limit)
-        report.row(f"full build rows/s, peak RSS, {what}", f"{r['rows_per_s']:,.0f} rows/s, {r['peak_rss_mb']:.0f} MB")
+        report.row(f"full build peak RSS, {what} ({r['rows_per_s']:,.0f} minute rows/s)", f"{r['peak_rss_mb']:.0f} MB",
+                   f"<= {TARGET_RSS_MB:g} MB", r["peak_rss_mb"] <= TARGET_RSS_MB)
 
 
 # --- profile ---------------------------------------------------------------------------------------

@@ -64,17 +64,20 @@ def test_figures_are_marked_and_the_summary_names_the_misses(capsys):
     from mscale.bench_features import incremental_target, mark_rows
 
     report = Report()
-    row = {"symbols": 1, "months": 4, "full_over_scan": 7.5, "speedup_vs_pandas": 3.5, "incremental_pct": 30.0,
-           "rows_per_s": 1e6, "peak_rss_mb": 300}
+    row = {"symbols": 1, "months": 4, "full_over_scan": 7.5, "speedup_vs_pandas": 0.5, "core_vs_pandas": 3.5,
+           "incremental_pct": 30.0, "total_over_build": 1.2, "rows_per_s": 1e6, "peak_rss_mb": 300}
     mark_rows([row], report)
     marks = {r["benchmark"].split(",")[0]: r["ok"] for r in report.rows}
-    assert marks == {"full build / DuckDB scan floor": False, "speed-up vs pandas": True,
+    assert marks == {"full build / DuckDB scan floor": False,
+                     "core minute columns vs pandas (same template": True,
+                     "whole build (every column) vs pandas core columns": None,
+                     "mscale features (build + views + catalog + checks) / build": True,
                      "incremental refresh (one more month) / full build": 30.0 <= incremental_target(4),
-                     "full build rows/s": None}
+                     "full build peak RSS": True}
     assert incremental_target(24) == 10.0
-    assert report.summary().startswith("3 figures against a target: 2 ok, 1 MISSED (full build / DuckDB scan floor")
+    assert report.summary().startswith("5 figures against a target: 4 ok, 1 MISSED (full build / DuckDB scan floor")
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].rstrip().endswith("MISSED") and printed[-1].rstrip().endswith("-")
+    assert printed[0].rstrip().endswith("MISSED") and printed[-1].rstrip().endswith("ok")
 
 
 def test_features_profile_names_every_step_with_shares_that_add_up(tmp_path):
