@@ -71,9 +71,12 @@ def create_views(
     mart_cache: str | None = None,
     layers: tuple[str, ...] = tuple(layer for layer in r.LAYERS if layer != "checks"),
     extra_dirs: tuple[Path, ...] = (),
+    temp_tables: bool = False,
 ) -> list[r.Model]:
     """Create every model of `layers` as a view, in build order; the mart reads `mart_cache` if given.
-    `extra_dirs`: a research folder's own feature files (Config.extra_feature_dirs)."""
+    `extra_dirs`: a research folder's own feature files (Config.extra_feature_dirs). `temp_tables`:
+    each layer from staging on computed once into a temp table instead (the shards and the mart over
+    the cache stay views), for a connection that reads each layer several times."""
     env = r.environment(sql_dir)
     models = r.discover(sql_dir, extra_dirs)
     params = _with_extras(params, models)
@@ -86,8 +89,10 @@ def create_views(
             sql = _cache_view(mart_cache, params)
         else:
             sql = r.render(env, model, params)
+        computed = model.layer != "sources" and not (model.layer == "marts" and mart_cache is not None)
+        kind = "temp table" if temp_tables and computed else "view"
         try:
-            con.execute(f"create or replace view {model.name} as\n{sql}")
+            con.execute(f"create or replace {kind} {model.name} as\n{sql}")
         except duckdb.Error as e:
             raise MscaleError(f"{model.path}: {str(e).splitlines()[0]}") from None
         created.append(model)
@@ -218,8 +223,9 @@ def check_blocks(cfg: Config, blocks: list[tuple[r.RenderParams, list[Path]]], m
     for params, files in blocks:
         con = connect()
         try:
-            con.execute("set threads = 1")
-            create_views(con, cfg.sql_dir, params, mart_cache=[str(f) for f in files], extra_dirs=cfg.extra_feature_dirs)
+            con.execute(f"set threads = {int(cfg.features.threads)}")  # counts of keys: any order gives the same
+            create_views(con, cfg.sql_dir, params, mart_cache=[str(f) for f in files], extra_dirs=cfg.extra_feature_dirs,
+                         temp_tables=True)
             for c in run_checks(con, cfg.sql_dir, _with_extras(params, models), only=set(BLOCK_CHECKS)):
                 merged[c.name].failing_rows += c.failing_rows
                 merged[c.name].sample = merged[c.name].sample or c.sample
