@@ -100,7 +100,7 @@ def test_a_block_with_bad_data_stops_the_build_naming_symbol_and_block(cluster, 
     cfg = copy_market(local_cfg, tmp_path)
     assert materialise(cfg, full=True, executor="dask", scheduler=cluster.scheduler_address).months_computed == 10
     before = cache_bytes(cfg)
-    shard = sorted((cfg.market_dir / "minute").glob("*ETHUSDT*_202405.parquet"))[0]
+    shard = sorted((cfg.market_dir / "minute").glob("*ETHUSDT*_202405.parquet"))[0]  # Q2's; the market has no Q3
     shard.write_bytes(b"not parquet at all")
     with pytest.raises(MscaleError) as err:
         materialise(cfg, executor="dask", scheduler=cluster.scheduler_address)
@@ -112,9 +112,11 @@ def test_a_block_with_bad_data_stops_the_build_naming_symbol_and_block(cluster, 
 
 def test_the_local_executor_names_the_bad_block_too(market, tmp_path):
     cfg = copy_market(market[0], tmp_path)
-    shard = sorted((cfg.market_dir / "minute").glob("*BTCUSDT*_202402.parquet"))[0]
+    # April: read by its own quarter's block only (a later quarter's warm-up reaches back 32 days,
+    # into the 2nd and 3rd month of a quarter, never its 1st)
+    shard = sorted((cfg.market_dir / "minute").glob("*BTCUSDT*_202404.parquet"))[0]
     shard.write_bytes(b"not parquet at all")
-    with pytest.raises(MscaleError, match=r"^features BTCUSDT 2024-Q1: "):
+    with pytest.raises(MscaleError, match=r"^features BTCUSDT 2024-Q2: .*binance_BTCUSDT_1m_202404\.parquet"):
         materialise(cfg, full=True, executor="local")
     assert not (cfg.derived_dir / "features").exists() or not list((cfg.derived_dir / "features").rglob("*.parquet"))
 
