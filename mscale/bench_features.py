@@ -668,60 +668,98 @@ def _profile_ops(path: Path) -> tuple[float, list[dict]]:
 
 
 def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
-    """Where one block's time goes, from DuckDB's profiler: every model of the block is computed
-    into a temp table on one thread (as a block runs), one statement each with JSON profiling on,
-    and its measured query time is charged to its step of PROFILE_LAYERS; the minute buckets' time
-    is split over their steps in proportion to their operators' own timings. The write is the
-    block's months written as materialise writes them. Also returns the fused query's time (what
-    a build runs), for comparison with the sum of the steps."""
+    """Where one block's time goes, from DuckDB's profiler, following the build: the minute buckets
+    of the quarter's months (each from its minutes and the week before), then the block over the
+    cached buckets and its hourly bars. Every model is computed into a temp table on one thread,
+    one statement each with JSON profiling on, and its measured query time is charged to its step
+    of PROFILE_LAYERS; the minute buckets' time is split over their steps in proportion to their
+    operators' own timings. The write is the quarter's bucket and feature files, written as the
+    build writes them. Also returns the time of the build's own tasks for this quarter (one query
+    per bucket month, one for the block), for comparison with the sum of the steps."""
     import tempfile
 
-    from mscale.store import write_atomic
+    import pyarrow.compute as pc
+
+    from mscale.store import list_shards, write_atomic
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
     from mscale.warehouse.executors import month_of_decision
 
+    base = r.params_from_config(cfg)
     params = _block_params(cfg, symbol, first, last)
+    start = b.warmup_start(first)
+    span = list(range(b._month_index(start.year, start.month), last + 1))
+    shards = {}
+    for shard in list_shards(cfg.market_dir, "1m", symbol):
+        shards.setdefault(b._month_index(shard.year, shard.month), []).append(shard.path)
     env = r.environment(cfg.sql_dir)
-    models = [m for m in r.discover(cfg.sql_dir) if m.layer in ("sources", "staging") + r.FEATURE_LAYERS]
+    models = r.discover(cfg.sql_dir)
+    minute_models = [m for m in models if m.name in ("src_klines_1m", "klines_1m", b.BUCKETS)]
+    block_models = [m for m in models if m.layer in ("sources", "staging") + r.FEATURE_LAYERS and m not in minute_models]
     seconds = [0.0] * len(PROFILE_LAYERS)
     con = b.connect()
     con.execute("set threads = 1")
     b.install_macros(con, cfg.sql_dir)
+
+    def timed(name: str, sql: str, out: Path) -> tuple[float, list[dict]]:
+        con.execute("pragma enable_profiling = 'json'")
+        con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
+        con.execute(f"create or replace temp table {name} as\n{sql}")
+        con.execute("pragma disable_profiling")
+        return _profile_ops(out)
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.json"
-        for model in models:
-            sql = r.render(env, model, b._with_extras(params, models))
-            con.execute("pragma enable_profiling = 'json'")
-            con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
-            con.execute(f"create or replace temp table {model.name} as\n{sql}")
-            con.execute("pragma disable_profiling")
-            latency, ops = _profile_ops(out)
-            if model.name == "feat_min__buckets":
-                total = sum(o["seconds"] for o in ops) or 1.0
-                for o in ops:
-                    seconds[_bucket_layer(o)] += latency * o["seconds"] / total
-            else:
-                seconds[_MODEL_LAYER.get(model.name, _MODEL_LAYER.get(model.layer, 5))] += latency
+        bucket_files, bucket_tables = [], {}
+        for k in span:  # the warm-up months' buckets come from earlier quarters' tasks: not charged
+            files = shards.get(k - 1, []) + shards.get(k, [])
+            if k not in shards:
+                continue
+            unit = b.bucket_params(base, symbol, k, files)
+            for model in minute_models:
+                latency, ops = timed(model.name, r.render(env, model, unit), out)
+                if k < first:
+                    continue
+                if model.name == b.BUCKETS:
+                    total = sum(o["seconds"] for o in ops) or 1.0
+                    for o in ops:
+                        seconds[_bucket_layer(o)] += latency * o["seconds"] / total
+                else:
+                    seconds[0] += latency
+            y, m = b._month_of(k)
+            lo, hi = b.month_bounds(y, m)
+            bucket_tables[k] = con.execute(f"select * from {b.BUCKETS} where epoch_ms(ts) > {b._ms(lo)} "
+                                           f"and epoch_ms(ts) <= {b._ms(hi)} order by symbol, ts").to_arrow_table()
+            bucket_files.append(Path(tmp) / f"buckets-{k}.parquet")
+            write_atomic(bucket_tables[k], bucket_files[-1])
+        read_cached = (f"select * from read_parquet({r.sql_paths([str(f) for f in bucket_files])}) "
+                       f"where epoch_ms(ts) > {b._ms(params.minute_from)} and epoch_ms(ts) <= {b._ms(params.minute_to)}")
+        seconds[0] += timed(b.BUCKETS, read_cached, out)[0]
+        for model in block_models:
+            latency, _ = timed(model.name, r.render(env, model, b._with_extras(params, models)), out)
+            seconds[_MODEL_LAYER.get(model.name, _MODEL_LAYER.get(model.layer, 5))] += latency
         table = con.execute("select * from features order by symbol, ts").to_arrow_table()
         con.close()
-        import pyarrow.compute as pc
-
         for _ in range(2):  # the second time: without the first Parquet write's one-off set-up
             t0 = time.perf_counter()
             months = month_of_decision(table)
             for m in range(first, last + 1):
                 write_atomic(table.filter(pc.equal(months, m)), Path(tmp) / f"{m}.parquet")
+                if m in bucket_tables:
+                    write_atomic(bucket_tables[m], Path(tmp) / f"again-{m}.parquet")
             seconds[-1] = time.perf_counter() - t0
-    fused = b.connect()
-    fused.execute("set threads = 1")
-    b.install_macros(fused, cfg.sql_dir)
-    t0 = time.perf_counter()
-    fused.execute(b.feature_query(cfg.sql_dir, params)).to_arrow_table()
-    fused_s = time.perf_counter() - t0
-    fused.close()
+        tasks = b.connect()
+        tasks.execute("set threads = 1")
+        b.install_macros(tasks, cfg.sql_dir)
+        t0 = time.perf_counter()
+        for k in range(first, last + 1):
+            if k in shards:
+                tasks.execute(b.bucket_query(cfg.sql_dir, base, symbol, k, shards.get(k - 1, []) + shards[k])).to_arrow_table()
+        tasks.execute(b.feature_query(cfg.sql_dir, params, bucket_files=bucket_files)).to_arrow_table()
+        tasks_s = time.perf_counter() - t0
+        tasks.close()
     total = sum(seconds)
-    return {"symbol": symbol, "first": first, "last": last, "steps_s": total, "fused_s": fused_s,
+    return {"symbol": symbol, "first": first, "last": last, "steps_s": total, "fused_s": tasks_s,
             "layers": [{"layer": name, "seconds": sec, "share": sec / total} for name, sec in zip(PROFILE_LAYERS, seconds)]}
 
 
@@ -730,7 +768,7 @@ def format_profile(prof: dict) -> str:
     y1, m1 = divmod(prof["last"], 12)
     lines = [f"where a block's time goes: {prof['symbol']} {y0:04d}-{m0 + 1:02d}..{y1:04d}-{m1 + 1:02d} plus "
              f"its warm-up, 1 thread, DuckDB's profiler (each step computed on its own: {prof['steps_s']:.2f}s in all; "
-             f"the fused block query the build runs: {prof['fused_s']:.2f}s + write)"]
+             f"the build's own queries for it, minute buckets then block: {prof['fused_s']:.2f}s + write)"]
     for row in prof["layers"]:
         lines.append(f"  {row['layer']:<56} {row['seconds']:6.3f}s {100 * row['share']:5.1f}%  "
                      f"{'#' * round(40 * row['share'])}")

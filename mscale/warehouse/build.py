@@ -11,6 +11,7 @@ same order, a refresh is bit-identical to a rebuild from scratch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 # enough that a recursion's seed weighs (13/14)^768 < 1e-24 by the block's first bar.
 WARMUP = timedelta(days=32)
 BLOCK_MONTHS = 3  # calendar quarters: the unit of computation and of recomputation
+# The minute buckets (feat_min__buckets: the hourly aggregates of the minutes) are cached per
+# symbol-month and read by the blocks, so a block's warm-up is not recomputed from its minutes.
+BUCKETS = "feat_min__buckets"
+BUCKET_LOOKBACK = timedelta(hours=168 + 1)  # the volume reference's trailing week, and the minutes before it
 
 
 # --- connections and views -------------------------------------------------------------------
@@ -133,16 +138,54 @@ def _with_extras(params: r.RenderParams, models: list[r.Model]) -> r.RenderParam
     return replace(params, extra_models=extras)
 
 
-def feature_query(sql_dir: Path, params: r.RenderParams, *, extra_dirs: tuple[Path, ...] = ()) -> str:
+def feature_query(sql_dir: Path, params: r.RenderParams, *, extra_dirs: tuple[Path, ...] = (),
+                  bucket_files: list[Path] | None = None) -> str:
     """The one statement computing the `features` mart from the shards named in `params`, ordered
     by (symbol, ts). The layers are rendered as its CTEs, bound once (a view per layer would re-read
-    the Parquet metadata for every view); it needs the macros of `install_macros`."""
+    the Parquet metadata for every view); it needs the macros of `install_macros`. With
+    `bucket_files` (cached minute buckets, see `bucket_query`), `feat_min__buckets` reads those
+    instead of computing them from the minutes: the rows with ts in (minute_from, minute_to], the
+    ones the minutes of the window would give."""
     env = r.environment(sql_dir)
     models = r.discover(sql_dir, extra_dirs)
     params = _with_extras(params, models)
     layers = ("sources", "staging") + r.FEATURE_LAYERS
-    ctes = [f"{m.name} as (\n{r.render(env, m, params)}\n)" for m in models if m.layer in layers]
+    ctes = []
+    for m in models:
+        if m.layer not in layers:
+            continue
+        if m.name == BUCKETS and bucket_files:
+            body = (f"select * from read_parquet({r.sql_paths([str(f) for f in bucket_files])})\n"
+                    f"where epoch_ms(ts) > {_ms(params.minute_from)} and epoch_ms(ts) <= {_ms(params.minute_to)}")
+        else:
+            body = r.render(env, m, params)
+        ctes.append(f"{m.name} as (\n{body}\n)")
     return "with\n" + ",\n".join(ctes) + "\nselect * from features order by symbol, ts"
+
+
+def bucket_params(base: r.RenderParams, symbol: str, month: int, minute_files: list[Path]) -> r.RenderParams:
+    """Parameters of one symbol-month of minute buckets: its minutes and the BUCKET_LOOKBACK before them."""
+    start, end = month_bounds(*_month_of(month))
+    return replace(base, minute_files=minute_files, hourly_files=(), symbols=(symbol,),
+                   minute_from=start - BUCKET_LOOKBACK, minute_to=end)
+
+
+def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, month: int, minute_files: list[Path]) -> str:
+    """`feat_min__buckets` of one symbol-month, the unit the minute buckets are cached in: the hours
+    whose bar opens in `month` (ts in (month start, month end]), computed from the month's minutes
+    and the BUCKET_LOOKBACK before them (the volume reference's trailing week, and the minutes the
+    first returns lag on). Always the same window for the same month, so the same bits."""
+    start, end = month_bounds(*_month_of(month))
+    params = bucket_params(base, symbol, month, minute_files)
+    env = r.environment(sql_dir)
+    models = [m for m in r.discover(sql_dir) if m.name in ("src_klines_1m", "klines_1m", BUCKETS)]
+    ctes = [f"{m.name} as (\n{r.render(env, m, params)}\n)" for m in models]
+    return ("with\n" + ",\n".join(ctes) + f"\nselect * from {BUCKETS}\n"
+            f"where epoch_ms(ts) > {_ms(start)} and epoch_ms(ts) <= {_ms(end)}\norder by symbol, ts")
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
 
 
 def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None,
@@ -324,6 +367,12 @@ def cache_path(cfg: Config, symbol: str, month_index: int) -> Path:
     return cfg.derived_dir / "features" / f"symbol={symbol}" / f"{y:04d}{m:02d}.parquet"
 
 
+def bucket_path(cfg: Config, symbol: str, month_index: int) -> Path:
+    """The cached minute buckets of one symbol-month (see bucket_query)."""
+    y, m = _month_of(month_index)
+    return cfg.derived_dir / "minute_buckets" / f"symbol={symbol}" / f"{y:04d}{m:02d}.parquet"
+
+
 @dataclass
 class BuildResult:
     months_computed: int = 0
@@ -409,13 +458,15 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     def in_range(m: int) -> bool:
         return (lo is None or m >= lo) and (hi is None or m <= hi)
 
-    # Plan, execute, publish: blocks are written to a staging folder (outside the cache's glob) and
-    # moved into the cache only once all succeeded, so an interrupted or failed build leaves the
-    # cache exactly as it was.
-    staging = cache_dir / ".staging"
+    # Plan, execute, publish: the minute buckets of the months the blocks read, then the blocks,
+    # are written to a staging folder (outside the caches' globs) and moved into the caches only once
+    # all succeeded, so an interrupted or failed build leaves them exactly as they were.
+    staging = cfg.derived_dir / ".staging"
     macros_sql = (Path(cfg.sql_dir) / r.MACROS_FILE).read_text()
+    units: dict[tuple[str, int], str] = {}  # the query of each symbol-month of minute buckets to compute
+    unit_manifest: dict[tuple[str, int], tuple[str, dict]] = {}
     blocks: list[Block] = []
-    wanted_of: dict[tuple[str, str], tuple[str, dict]] = {}
+    wanted_of: dict[tuple[str, str], list[tuple[str, dict]]] = {}  # manifest entries a task brings up to date
     for symbol in symbols:
         hours = hourly_shards[symbol]
         minutes = minute_shards.get(symbol, {})
@@ -425,7 +476,9 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             span = range(_month_index(start.year, start.month), last + 1)
             minute_files = [p for k in span for p in minutes.get(k, [])]
             hourly_files = [p for k in span for p in hours.get(k, [])]
-            wanted = {"sql": sql_hash, "inputs": _fingerprint(minute_files + hourly_files)}
+            # the buckets of the span's first month also read the month before it (BUCKET_LOOKBACK)
+            lookback_files = minutes.get(span[0] - 1, [])
+            wanted = {"sql": sql_hash, "inputs": _fingerprint(lookback_files + minute_files + hourly_files)}
             out_months = [m for m in range(first, last + 1) if m in hours and in_range(m)]
             if not out_months:
                 continue
@@ -437,57 +490,83 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
                 result.months_skipped += len(out_months)
                 continue
             result.computed.append((params, files))
+            bucket_files = []
+            for k in (k for k in span if k in minutes):
+                unit_key = f"{symbol}/m{k}"
+                unit_wanted = {"sql": sql_hash, "inputs": _fingerprint(minutes.get(k - 1, []) + minutes[k])}
+                if (symbol, k) not in units and (manifest.get(unit_key) != unit_wanted
+                                                 or not bucket_path(cfg, symbol, k).exists()):
+                    units[(symbol, k)] = bucket_query(cfg.sql_dir, base, symbol, k, minutes.get(k - 1, []) + minutes[k])
+                    unit_manifest[(symbol, k)] = (unit_key, unit_wanted)
+                staged_unit = staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)
+                bucket_files.append(staged_unit if (symbol, k) in units else bucket_path(cfg, symbol, k))
             label = f"{first // 12:04d}-Q{first % 12 // 3 + 1}"
-            staged = tuple(str(staging / cache_path(cfg, symbol, m).relative_to(cache_dir)) for m in out_months)
-            blocks.append(Block(symbol, label, macros_sql, feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs),
-                                tuple(out_months), staged, cfg.features.memory_limit))
-            wanted_of[(symbol, label)] = (key, wanted)
+            staged = tuple(str(staging / cache_path(cfg, symbol, m).relative_to(cfg.derived_dir)) for m in out_months)
+            query = feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files)
+            blocks.append(Block(symbol, label, macros_sql, (query,), tuple(out_months), staged, cfg.features.memory_limit))
+            wanted_of[(symbol, label)] = [(key, wanted)]
+    # the minute buckets to compute, a task per symbol and quarter (one connection for its months)
+    bucket_blocks: list[Block] = []
+    for (symbol, quarter), months in itertools.groupby(sorted(units), key=lambda u: (u[0], u[1] // BLOCK_MONTHS)):
+        ks = [k for _, k in months]
+        label = f"{ks[0] // 12:04d}-{ks[0] % 12 + 1:02d}..{ks[-1] % 12 + 1:02d} minute buckets"
+        bucket_blocks.append(Block(
+            symbol, label, macros_sql, tuple(units[(symbol, k)] for k in ks), tuple(ks),
+            tuple(str(staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)) for k in ks),
+            cfg.features.memory_limit))
+        wanted_of[(symbol, label)] = [unit_manifest[(symbol, k)] for k in ks]
 
     from mscale.interrupts import check_interrupted, deferred_interrupt
 
     shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
     written: list[Path] = []
     show = not cfg.quiet and sys.stderr.isatty()
-    by_id = {(b.symbol, b.label): b for b in blocks}
+    phases = [(bucket_blocks, bucket_path), (blocks, cache_path)]
     try:
-        with tqdm(total=len(blocks), desc="features", unit="block", disable=not show or not blocks,
+        with tqdm(total=len(bucket_blocks) + len(blocks), desc="features", unit="block", disable=not show or not blocks,
                   file=sys.stderr, leave=False) as bar:
-            for done in run_blocks(blocks, executor=executor, threads=cfg.features.threads, scheduler=scheduler,
-                                   task=task):
-                block = by_id[(done.symbol, done.label)]
-                log.info("features %s %s: %d rows", done.symbol, done.label, sum(done.rows))
-                for m, rows in zip(block.months, done.rows):
-                    written.append(cache_path(cfg, done.symbol, m))
-                    result.months_computed += 1
-                    result.rows_written += rows
-                key, wanted = wanted_of[(done.symbol, done.label)]
-                manifest[key] = wanted
-                bar.update(1)
-                check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
+            for todo, final_path in phases:  # the buckets first: the blocks read them
+                by_id = {(b.symbol, b.label): b for b in todo}
+                for done in run_blocks(todo, executor=executor, threads=cfg.features.threads, scheduler=scheduler,
+                                       task=task):
+                    block = by_id[(done.symbol, done.label)]
+                    log.info("features %s %s: %d rows", done.symbol, done.label, sum(done.rows))
+                    for m, rows in zip(block.months, done.rows):
+                        written.append(final_path(cfg, done.symbol, m))
+                        if final_path is cache_path:
+                            result.months_computed += 1
+                            result.rows_written += rows
+                    manifest.update(wanted_of[(done.symbol, done.label)])
+                    bar.update(1)
+                    check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
         check_interrupted()
         with deferred_interrupt():  # Ctrl-C waits for the renames (quick): all or nothing
-            _publish(cache_dir, staging, written, manifest, hourly_shards, full=full)
+            _publish(cfg, staging, written, manifest, hourly_shards, minute_shards, full=full)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _publish(cache_dir: Path, staging: Path, written: list[Path], manifest: dict,
-             hourly_shards: dict[str, dict[int, list[Path]]], *, full: bool) -> None:
-    """Move the staged months into the cache, remove the months (or whole symbols) whose hourly
-    shards are gone (and on a full rebuild every file it did not write), then the manifest."""
+def _publish(cfg: Config, staging: Path, written: list[Path], manifest: dict,
+             hourly_shards: dict[str, dict[int, list[Path]]], minute_shards: dict[str, dict[int, list[Path]]], *,
+             full: bool) -> None:
+    """Move the staged files into the caches, remove the months (or whole symbols) whose shards are
+    gone (hourly for features, minute for minute buckets; on a full rebuild every file it did not
+    write), then write the manifest."""
+    derived = cfg.derived_dir
     for final in written:
         final.parent.mkdir(parents=True, exist_ok=True)
-        (staging / final.relative_to(cache_dir)).replace(final)
+        (staging / final.relative_to(derived)).replace(final)
     fresh = set(written)
-    for old in cache_dir.glob("symbol=*/*.parquet"):
-        symbol = old.parent.name.removeprefix("symbol=")
-        gone = _month_index(int(old.stem[:4]), int(old.stem[4:6])) not in hourly_shards.get(symbol, {})
-        if gone or (full and old not in fresh):
-            old.unlink()
+    for cache, shards in (("features", hourly_shards), ("minute_buckets", minute_shards)):
+        for old in (derived / cache).glob("symbol=*/*.parquet"):
+            symbol = old.parent.name.removeprefix("symbol=")
+            gone = _month_index(int(old.stem[:4]), int(old.stem[4:6])) not in shards.get(symbol, {})
+            if gone or (full and old not in fresh):
+                old.unlink()
     if written or full:
-        _write_manifest(cache_dir / "_manifest.json", manifest)
+        _write_manifest(derived / "features" / "_manifest.json", manifest)
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:

@@ -35,12 +35,13 @@ EXECUTORS = ("local", "dask")
 
 @dataclass(frozen=True)
 class Block:
-    """One (symbol x quarter) block: its rendered query and where each output month is staged."""
+    """One unit of work, e.g. a (symbol x quarter) block of features or a quarter's minute buckets:
+    its rendered queries and where each output month is staged."""
 
     symbol: str
     label: str  # e.g. "2024-Q1", for messages
     macros_sql: str
-    query: str  # returns the block's rows ordered by ts
+    queries: tuple[str, ...]  # run in order on one connection; their rows, ordered by ts, make the output
     months: tuple[int, ...]  # month indexes (year * 12 + month - 1) of the output files
     staged: tuple[str, ...]  # staging path of each month's file, same order
     memory_limit: str | None = None
@@ -57,7 +58,7 @@ BlockTask = Callable[[Block], BlockDone]
 
 
 def build_block(block: Block) -> BlockDone:
-    """Compute `block` single-threaded and stage one file per output month (atomic replace each).
+    """Compute `block`'s queries single-threaded and stage one file per output month (atomic replace each).
 
     Raises MscaleError naming the symbol and block when the query fails (bad or unreadable data)."""
     import duckdb
@@ -71,7 +72,8 @@ def build_block(block: Block) -> BlockDone:
         if block.memory_limit:
             con.execute(f"set memory_limit = '{block.memory_limit}'")  # a size, checked by config_check
         con.execute(block.macros_sql)
-        table = con.execute(block.query).to_arrow_table()
+        tables = [con.execute(query).to_arrow_table() for query in block.queries]
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     except duckdb.Error as e:
         raise MscaleError(f"features {block.symbol} {block.label}: {str(e).splitlines()[0]}") from None
     finally:
