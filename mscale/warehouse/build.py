@@ -525,20 +525,20 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     try:
         with tqdm(total=len(bucket_blocks) + len(blocks), desc="features", unit="block", disable=not show or not blocks,
                   file=sys.stderr, leave=False) as bar:
-            for todo, final_path in phases:  # the buckets first: the blocks read them
-                by_id = {(b.symbol, b.label): b for b in todo}
-                for done in run_blocks(todo, executor=executor, threads=cfg.features.threads, scheduler=scheduler,
-                                       task=task):
-                    block = by_id[(done.symbol, done.label)]
-                    log.info("features %s %s: %d rows", done.symbol, done.label, sum(done.rows))
-                    for m, rows in zip(block.months, done.rows):
-                        written.append(final_path(cfg, done.symbol, m))
-                        if final_path is cache_path:
-                            result.months_computed += 1
-                            result.rows_written += rows
-                    manifest.update(wanted_of[(done.symbol, done.label)])
-                    bar.update(1)
-                    check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
+            by_id = {(b.symbol, b.label): (b, final_path) for todo, final_path in phases for b in todo}
+            # the minute buckets first: the blocks read them
+            for done in run_blocks([todo for todo, _ in phases], executor=executor, threads=cfg.features.threads,
+                                   scheduler=scheduler, task=task):
+                block, final_path = by_id[(done.symbol, done.label)]
+                log.info("features %s %s: %d rows", done.symbol, done.label, sum(done.rows))
+                for m, rows in zip(block.months, done.rows):
+                    written.append(final_path(cfg, done.symbol, m))
+                    if final_path is cache_path:
+                        result.months_computed += 1
+                        result.rows_written += rows
+                manifest.update(wanted_of[(done.symbol, done.label)])
+                bar.update(1)
+                check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
         check_interrupted()
         with deferred_interrupt():  # Ctrl-C waits for the renames (quick): all or nothing
             _publish(cfg, staging, written, manifest, hourly_shards, minute_shards, full=full)

@@ -5,9 +5,10 @@ Guarantees:
   thread over the block's shards, then one Parquet file per output month written into the staging
   folder through an atomic replace. The query text is rendered by the caller, so a block's bytes
   depend only on its inputs, never on the executor, the worker or the order blocks finish in;
-- blocks are yielded as they finish (for a progress bar); the first block that fails stops the
-  build with a one-line MscaleError naming the symbol and block, and the blocks still queued are
-  cancelled. Nothing here publishes anything: the caller moves the staged files into the cache and
+- blocks run in phases, a phase once the one before it finished (the minute buckets, then the
+  feature blocks that read them), on one thread pool or one cluster; they are yielded as they
+  finish (for a progress bar); the first block that fails stops the build with a one-line
+  MscaleError naming the symbol and block, and the blocks still queued are cancelled. Nothing here publishes anything: the caller moves the staged files into the cache and
   writes the manifest once every block succeeded;
 - dask: each block is one task that reads the shards and writes the staging folder itself, so both
   must sit on a filesystem every worker sees under the same path. A worker that dies mid-block
@@ -96,42 +97,44 @@ def month_of_decision(table: pa.Table) -> pa.Array:
     return pa.array(months + 1970 * 12)
 
 
-def run_blocks(blocks: list[Block], *, executor: str = "local", threads: int = 2, scheduler: str | None = None,
+def run_blocks(phases: list[list[Block]], *, executor: str = "local", threads: int = 2, scheduler: str | None = None,
                task: BlockTask = build_block) -> Iterator[BlockDone]:
-    """Run every block with `task`; yield each result as its block finishes."""
+    """Run every block of every phase with `task`, a phase only once the one before it finished
+    (a block may read what the previous phase wrote), on one pool or cluster; yield each result as
+    its block finishes."""
     if executor == "local":
-        yield from _run_local(blocks, threads, task)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for blocks in phases:
+                yield from _finish_all({pool.submit(task, b) for b in blocks})
     elif executor == "dask":
-        yield from _run_dask(blocks, threads, scheduler, task)
+        from mscale.cluster import dask_client
+
+        with dask_client(scheduler, threads) as client:
+            log.info("dask: %s blocks on %s", " then ".join(str(len(p)) for p in phases), client.scheduler.address)
+            for n, blocks in enumerate(phases):
+                yield from _finish_all_dask(client, blocks, task, n)
     else:
         raise MscaleError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
 
 
-def _run_local(blocks: list[Block], threads: int, task: BlockTask) -> Iterator[BlockDone]:
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending = {pool.submit(task, b) for b in blocks}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+def _finish_all(pending: set) -> Iterator[BlockDone]:
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
-def _run_dask(blocks: list[Block], threads: int, scheduler: str | None, task: BlockTask) -> Iterator[BlockDone]:
+def _finish_all_dask(client, blocks: list[Block], task: BlockTask, phase: int) -> Iterator[BlockDone]:
     from distributed import as_completed
 
-    from mscale.cluster import dask_client
-
-    with dask_client(scheduler, threads) as client:
-        log.info("dask: %d blocks on %s", len(blocks), client.scheduler.address)
-        # pure=False: a block is an action (it writes files), run it even if an identical one ran
-        futures = [client.submit(task, b, key=f"features-{b.symbol}-{b.label}-{i}", pure=False)
-                   for i, b in enumerate(blocks)]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            client.cancel([f for f in futures if not f.done()])
+    # pure=False: a block is an action (it writes files), run it even if an identical one ran
+    futures = [client.submit(task, b, key=f"features-{b.symbol}-{phase}-{i}", pure=False) for i, b in enumerate(blocks)]
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.cancel([f for f in futures if not f.done()])
