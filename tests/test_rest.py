@@ -169,7 +169,8 @@ def test_every_fault_still_gives_exactly_the_fixture(fault):
             add_fault(fb, fault, times=3)
         else:  # the second page fails twice
             add_fault(fb, fault, times=2, path_contains=f"startTime={T0 + 1000 * 60_000}")
-        c = client(fb, fc)
+        # 1 s: the "slow" fault (2 s) still times out, a healthy page on a loaded machine does not
+        c = client(fb, fc, timeout_s=1.0)
         got = fetch(c)
         assert got.equals(rows_table(ROWS, SYM, "1m"))
         assert fb.pending_faults == 0
