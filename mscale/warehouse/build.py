@@ -428,9 +428,11 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
 
     Work is split into fixed blocks of BLOCK_MONTHS calendar months per symbol. A block is always
     computed from the same inputs (its months plus the WARMUP before them), single-threaded,
-    so its output bits do not depend on when, where or how often it was computed; blocks run in
-    parallel on `executor` ("local" threads or "dask" tasks, default `[features] executor`;
-    `scheduler` a Dask scheduler's address, default a local cluster; `task` runs one block).
+    so its output bits do not depend on when, where or how often it was computed. The minute side
+    of a block's months and warm-up comes from the minute-bucket cache (`bucket_query`, one unit per
+    symbol-month, computed first where its minutes changed). Tasks run in parallel on `executor`
+    ("local" threads or "dask" tasks, default `[features] executor`; `scheduler` a Dask scheduler's
+    address, default a local cluster; `task` runs one task).
     """
     started = time.perf_counter()
     executor = executor or cfg.features.executor
@@ -505,16 +507,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             query = feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files)
             blocks.append(Block(symbol, label, macros_sql, (query,), tuple(out_months), staged, cfg.features.memory_limit))
             wanted_of[(symbol, label)] = [(key, wanted)]
-    # the minute buckets to compute, a task per symbol and quarter (one connection for its months)
-    bucket_blocks: list[Block] = []
-    for (symbol, quarter), months in itertools.groupby(sorted(units), key=lambda u: (u[0], u[1] // BLOCK_MONTHS)):
-        ks = [k for _, k in months]
-        label = f"{ks[0] // 12:04d}-{ks[0] % 12 + 1:02d}..{ks[-1] % 12 + 1:02d} minute buckets"
-        bucket_blocks.append(Block(
-            symbol, label, macros_sql, tuple(units[(symbol, k)] for k in ks), tuple(ks),
-            tuple(str(staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)) for k in ks),
-            cfg.features.memory_limit))
-        wanted_of[(symbol, label)] = [unit_manifest[(symbol, k)] for k in ks]
+    bucket_blocks = _bucket_tasks(cfg, units, unit_manifest, staging, macros_sql, wanted_of)
 
     from mscale.interrupts import check_interrupted, deferred_interrupt
 
@@ -546,6 +539,23 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
         shutil.rmtree(staging, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _bucket_tasks(cfg: Config, units: dict[tuple[str, int], str], unit_manifest: dict[tuple[str, int], tuple[str, dict]],
+                  staging: Path, macros_sql: str, wanted_of: dict[tuple[str, str], list[tuple[str, dict]]]) -> list[Block]:
+    """The minute buckets to compute as tasks, one per symbol and quarter (its months' queries on one
+    connection); `wanted_of` gets the manifest entries each task brings up to date."""
+    tasks = []
+    for (symbol, _), group in itertools.groupby(sorted(units), key=lambda u: (u[0], u[1] // BLOCK_MONTHS)):
+        months = [k for _, k in group]
+        first, last = (f"{k // 12:04d}-{k % 12 + 1:02d}" for k in (months[0], months[-1]))
+        label = f"{first}..{last[-2:]} minute buckets" if len(months) > 1 else f"{first} minute buckets"
+        tasks.append(Block(
+            symbol, label, macros_sql, tuple(units[(symbol, k)] for k in months), tuple(months),
+            tuple(str(staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)) for k in months),
+            cfg.features.memory_limit))
+        wanted_of[(symbol, label)] = [unit_manifest[(symbol, k)] for k in months]
+    return tasks
 
 
 def _publish(cfg: Config, staging: Path, written: list[Path], manifest: dict,
