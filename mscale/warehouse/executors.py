@@ -1,20 +1,22 @@
-"""Where the feature cache's blocks run: threads of this process (`local`) or tasks on a Dask cluster.
+"""Where the feature cache's tasks run: threads of this process (`local`) or a Dask cluster.
 
-Guarantees:
-- every block, whichever executor runs it, goes through `build_block`: one DuckDB query on one
-  thread over the block's shards, then one Parquet file per output month written into the staging
-  folder through an atomic replace. The query text is rendered by the caller, so a block's bytes
-  depend only on its inputs, never on the executor, the worker or the order blocks finish in;
-- blocks run in phases, a phase once the one before it finished (the minute buckets, then the
-  feature blocks that read them), on one thread pool or one cluster; they are yielded as they
-  finish (for a progress bar); the first block that fails stops the build with a one-line
-  MscaleError naming the symbol and block, and the blocks still queued are cancelled. Nothing here publishes anything: the caller moves the staged files into the cache and
-  writes the manifest once every block succeeded;
-- dask: each block is one task that reads the shards and writes the staging folder itself, so both
-  must sit on a filesystem every worker sees under the same path. A worker that dies mid-block
-  leaves at most a temp file in the staging folder (the caller removes the folder) and the
-  scheduler runs the block again on another worker (`distributed.scheduler.allowed-failures`,
-  Dask's own retry of lost tasks); a block that fails for its data is not retried.
+A task (`Block`) is a feature block of one symbol x quarter, or the minute buckets of one
+symbol's quarter. Guarantees:
+- every task, whichever executor runs it, goes through `build_block`: its DuckDB queries on one
+  thread over its shards, then one Parquet file per output month written into the staging folder
+  through an atomic replace. The query text is rendered by the caller, so a task's bytes depend
+  only on its inputs, never on the executor, the worker or the order tasks finish in;
+- tasks run in phases, a phase once the one before it finished (the minute buckets, then the
+  feature blocks that read them), on one thread pool or one cluster, and are yielded as they
+  finish (for a progress bar). The first task that fails stops the build with a one-line
+  MscaleError naming the symbol and the block, and the tasks still queued are cancelled;
+- nothing here publishes anything: the caller moves the staged files into the caches and writes
+  the manifest once every task succeeded;
+- dask: a task reads the shards and writes the staging folder itself, so both must sit on a
+  filesystem every worker sees under the same path. A worker that dies mid-task leaves at most a
+  temp file in the staging folder (the caller removes the folder), and the scheduler runs the task
+  again on another worker (`distributed.scheduler.allowed-failures`, Dask's own retry of lost
+  tasks); a task that fails for its data is not retried.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Block:
     its rendered queries and where each output month is staged."""
 
     symbol: str
-    label: str  # e.g. "2024-Q1", for messages
+    label: str  # e.g. "2024-Q1" or "2024-04..06 minute buckets", for messages
     macros_sql: str
     queries: tuple[str, ...]  # run in order on one connection; their rows, ordered by ts, make the output
     months: tuple[int, ...]  # month indexes (year * 12 + month - 1) of the output files
