@@ -224,6 +224,54 @@ def test_incremental_refresh_equals_full_rebuild(tmp_path):
     assert a.equals(b), [c for c in a.column_names if not a.column(c).equals(b.column(c))]
 
 
+def _buckets(cfg) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((cfg.derived_dir / "minute_buckets").glob("symbol=*/*.parquet"))}
+
+
+def test_minute_buckets_are_computed_once_per_month_and_again_when_their_minutes_change(tmp_path):
+    """The minute-bucket cache: a new month computes its own buckets only; a change in a month's
+    last week recomputes the next month's buckets too (their trailing week reads it); every state
+    equals a full rebuild, buckets and features alike."""
+    from mscale.demo import write_demo
+    from mscale.warehouse.build import bucket_path
+
+    inc = make_config(tmp_path / "inc")
+    write_demo(inc, symbols=("BTCUSDT",), start=date(2024, 1, 1), months=5, seed=4)
+    held = tmp_path / "held"
+    held.mkdir()
+    for s in list_shards(inc.market_dir, "1m") + list_shards(inc.market_dir, "1h"):
+        if s.month == 5:
+            shutil.move(s.path, held / s.path.name)
+    materialise(inc)
+    before = {p: p.stat().st_mtime_ns for p in (inc.derived_dir / "minute_buckets").rglob("*.parquet")}
+    assert sorted(p.name for p in before) == ["202401.parquet", "202402.parquet", "202403.parquet", "202404.parquet"]
+    for p in held.iterdir():
+        shutil.move(p, (inc.minute_dir if "_1m_" in p.name else inc.hourly_dir) / p.name)
+    assert materialise(inc).months_computed == 2  # April and May: the quarter
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # no earlier month's buckets again
+    may = bucket_path(inc, "BTCUSDT", 2024 * 12 + 4)
+    assert may.exists()
+
+    def check_equals_a_full_rebuild() -> None:
+        full = make_config(tmp_path / f"full{len(list(tmp_path.iterdir()))}")
+        shutil.copytree(inc.data_dir, full.data_dir, ignore=shutil.ignore_patterns("derived"))
+        materialise(full, full=True)
+        assert _buckets(full) == _buckets(inc)
+        assert _cache(full).equals(_cache(inc))
+
+    check_equals_a_full_rebuild()
+    # a heavier last minute of April: May's trailing week reads it, so May's buckets change too
+    april = next(s.path for s in list_shards(inc.market_dir, "1m") if s.month == 4)
+    table = pq.read_table(april)
+    volume = table.column("volume").to_numpy().copy()
+    volume[-1] *= 50
+    pq.write_table(table.set_column(table.schema.get_field_index("volume"), "volume", pa.array(volume)), april)
+    may_before = may.read_bytes()
+    materialise(inc)
+    assert may.read_bytes() != may_before
+    check_equals_a_full_rebuild()
+
+
 def test_build_creates_views_checks_and_cache(demo_market, tmp_path):
     cfg = make_config(tmp_path)
     shutil.copytree(demo_market.data_dir, cfg.data_dir)
