@@ -694,8 +694,8 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
         shards.setdefault(b._month_index(shard.year, shard.month), []).append(shard.path)
     env = r.environment(cfg.sql_dir)
     models = r.discover(cfg.sql_dir)
-    minute_models = [m for m in models if m.name in ("src_klines_1m", "klines_1m", b.BUCKETS)]
-    block_models = [m for m in models if m.layer in ("sources", "staging") + r.FEATURE_LAYERS and m not in minute_models]
+    block_models = [m for m in models if m.layer in ("sources", "staging") + r.FEATURE_LAYERS
+                    and m.name not in ("src_klines_1m", "klines_1m", b.BUCKETS)]
     seconds = [0.0] * len(PROFILE_LAYERS)
     con = b.connect()
     con.execute("set threads = 1")
@@ -712,15 +712,13 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
         out = Path(tmp) / "profile.json"
         bucket_files, bucket_tables = [], {}
         for k in span:  # the warm-up months' buckets come from earlier quarters' tasks: not charged
-            files = shards.get(k - 1, []) + shards.get(k, [])
             if k not in shards:
                 continue
-            unit = b.bucket_params(base, symbol, k, files)
-            for model in minute_models:
-                latency, ops = timed(model.name, r.render(env, model, unit), out)
+            for name, sql in b.bucket_steps(cfg.sql_dir, base, symbol, k, b.bucket_inputs(shards, k)):
+                latency, ops = timed(name, sql, out)
                 if k < first:
                     continue
-                if model.name == b.BUCKETS:
+                if name == b.BUCKETS:
                     total = sum(o["seconds"] for o in ops) or 1.0
                     for o in ops:
                         seconds[_bucket_layer(o)] += latency * o["seconds"] / total
@@ -754,7 +752,7 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
         t0 = time.perf_counter()
         for k in range(first, last + 1):
             if k in shards:
-                tasks.execute(b.bucket_query(cfg.sql_dir, base, symbol, k, shards.get(k - 1, []) + shards[k])).to_arrow_table()
+                tasks.execute(b.bucket_query(cfg.sql_dir, base, symbol, k, b.bucket_inputs(shards, k))).to_arrow_table()
         tasks.execute(b.feature_query(cfg.sql_dir, params, bucket_files=bucket_files)).to_arrow_table()
         tasks_s = time.perf_counter() - t0
         tasks.close()

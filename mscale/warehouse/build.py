@@ -11,12 +11,14 @@ same order, a refresh is bit-identical to a rebuild from scratch.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,6 +43,9 @@ BLOCK_MONTHS = 3  # calendar quarters: the unit of computation and of recomputat
 # symbol-month and read by the blocks, so a block's warm-up is not recomputed from its minutes.
 BUCKETS = "feat_min__buckets"
 BUCKET_LOOKBACK = timedelta(hours=168 + 1)  # the volume reference's trailing week, and the minutes before it
+# How the cache is computed; a manifest entry from another layout is stale even when the SQL and
+# the shards are unchanged (2: blocks over cached minute buckets).
+CACHE_LAYOUT = 2
 
 
 # --- connections and views -------------------------------------------------------------------
@@ -163,23 +168,54 @@ def feature_query(sql_dir: Path, params: r.RenderParams, *, extra_dirs: tuple[Pa
     return "with\n" + ",\n".join(ctes) + "\nselect * from features order by symbol, ts"
 
 
+def bucket_inputs(minutes: dict[int, list[Path]], month: int) -> tuple[list[Path], list[Path]]:
+    """(window, before) minute shards of one symbol-month of buckets: the month's own and the
+    previous month's (the BUCKET_LOOKBACK window), and the shards the two minutes before that
+    window come from: the previous month's and the latest earlier one's (after a gap the first
+    returns lag on the last minutes before it, however old: CONTRACT §5's previous available bar)."""
+    earlier = [k for k in minutes if k < month - 1]
+    previous = minutes.get(month - 1, [])
+    return previous + minutes.get(month, []), (minutes[max(earlier)] if earlier else []) + previous
+
+
 def bucket_params(base: r.RenderParams, symbol: str, month: int, minute_files: list[Path]) -> r.RenderParams:
-    """Parameters of one symbol-month of minute buckets: its minutes and the BUCKET_LOOKBACK before them."""
+    """Parameters of one symbol-month of minute buckets: `minute_files` from the BUCKET_LOOKBACK
+    before the month to its end."""
     start, end = month_bounds(*_month_of(month))
     return replace(base, minute_files=minute_files, hourly_files=(), symbols=(symbol,),
                    minute_from=start - BUCKET_LOOKBACK, minute_to=end)
 
 
-def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, month: int, minute_files: list[Path]) -> str:
-    """`feat_min__buckets` of one symbol-month, the unit the minute buckets are cached in: the hours
-    whose bar opens in `month` (ts in (month start, month end]), computed from the month's minutes
-    and the BUCKET_LOOKBACK before them (the volume reference's trailing week, and the minutes the
-    first returns lag on). Always the same window for the same month, so the same bits."""
-    start, end = month_bounds(*_month_of(month))
-    params = bucket_params(base, symbol, month, minute_files)
+def bucket_steps(sql_dir: Path, base: r.RenderParams, symbol: str, month: int,
+                 inputs: tuple[list[Path], list[Path]]) -> list[tuple[str, str]]:
+    """(name, SQL) of the steps computing one symbol-month of minute buckets, in order: the staged
+    minutes of the BUCKET_LOOKBACK window, the two minutes before it (read from the shards without
+    staging, newest first), both together, and `feat_min__buckets` over them."""
+    window, before = inputs
+    params = bucket_params(base, symbol, month, window)
     env = r.environment(sql_dir)
-    models = [m for m in r.discover(sql_dir) if m.name in ("src_klines_1m", "klines_1m", BUCKETS)]
-    ctes = [f"{m.name} as (\n{r.render(env, m, params)}\n)" for m in models]
+    model = {m.name: m for m in r.discover(sql_dir) if m.name in ("src_klines_1m", "klines_1m", BUCKETS)}
+    steps = [("src_klines_1m", r.render(env, model["src_klines_1m"], params)),
+             ("klines_1m_window", r.render(env, model["klines_1m"], params))]
+    if before:
+        steps += [("src_klines_1m_before", r.render(env, model["src_klines_1m"], replace(params, minute_files=before))),
+                  ("klines_1m_before", f"select * exclude (filename) from src_klines_1m_before\n"
+                                       f"where symbol = {r.sql_string(symbol)} and open_time < {r.sql_ts(params.minute_from)}\n"
+                                       f"order by open_time desc limit 2"),
+                  ("klines_1m", "select * from klines_1m_window union all by name select * from klines_1m_before")]
+    else:
+        steps += [("klines_1m", "select * from klines_1m_window")]
+    return steps + [(BUCKETS, r.render(env, model[BUCKETS], params))]
+
+
+def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, month: int,
+                 inputs: tuple[list[Path], list[Path]]) -> str:
+    """`feat_min__buckets` of one symbol-month, the unit the minute buckets are cached in: the hours
+    whose bar opens in `month` (ts in (month start, month end]), from `bucket_steps` over
+    `inputs` (`bucket_inputs`). Always the same rows for the same month, so the same bits, and the
+    same values as the live view."""
+    start, end = month_bounds(*_month_of(month))
+    ctes = [f"{name} as (\n{sql}\n)" for name, sql in bucket_steps(sql_dir, base, symbol, month, inputs)]
     return ("with\n" + ",\n".join(ctes) + f"\nselect * from {BUCKETS}\n"
             f"where epoch_ms(ts) > {_ms(start)} and epoch_ms(ts) <= {_ms(end)}\norder by symbol, ts")
 
@@ -377,6 +413,7 @@ def bucket_path(cfg: Config, symbol: str, month_index: int) -> Path:
 class BuildResult:
     months_computed: int = 0
     months_skipped: int = 0
+    months_removed: int = 0  # cached months whose hourly shards are gone
     rows_written: int = 0
     seconds: float = 0.0
     checks: list[CheckResult] = field(default_factory=list)
@@ -387,12 +424,13 @@ class BuildResult:
     def summary(self) -> str:
         failing = [f"{c.name}: {c.failing_rows} FAILING" for c in self.checks if c.failing_rows]
         checks = ", ".join(failing) if failing else f"all {len(self.checks)} passed"
-        if self.months_computed == 0:
+        if self.months_computed == 0 and self.months_removed == 0:
             done = (f"features: nothing changed since the last build ({self.months_skipped} symbol-months up to date; "
                     f"views, catalog and checks refreshed), {self.seconds:.1f}s")
         else:
+            removed = f", {self.months_removed} removed" if self.months_removed else ""
             done = (f"features: {self.months_computed} symbol-months computed ({self.rows_written:,} rows), "
-                    f"{self.months_skipped} unchanged, {self.seconds:.1f}s")
+                    f"{self.months_skipped} unchanged{removed}, {self.seconds:.1f}s")
         return f"{done}\nchecks: {checks}"
 
 
@@ -463,7 +501,10 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     # Plan, execute, publish: the minute buckets of the months the blocks read, then the blocks,
     # are written to a staging folder (outside the caches' globs) and moved into the caches only once
     # all succeeded, so an interrupted or failed build leaves them exactly as they were.
-    staging = cfg.derived_dir / ".staging"
+    # one staging folder per build: a task a remote worker still runs after a failed build writes
+    # into its own build's folder, never into the next build's
+    staging_root = cfg.derived_dir / ".staging"
+    staging = staging_root / uuid.uuid4().hex
     macros_sql = (Path(cfg.sql_dir) / r.MACROS_FILE).read_text()
     units: dict[tuple[str, int], str] = {}  # the query of each symbol-month of minute buckets to compute
     unit_manifest: dict[tuple[str, int], tuple[str, dict]] = {}
@@ -478,9 +519,10 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             span = range(_month_index(start.year, start.month), last + 1)
             minute_files = [p for k in span for p in minutes.get(k, [])]
             hourly_files = [p for k in span for p in hours.get(k, [])]
-            # the buckets of the span's first month also read the month before it (BUCKET_LOOKBACK)
-            lookback_files = minutes.get(span[0] - 1, [])
-            wanted = {"sql": sql_hash, "inputs": _fingerprint(lookback_files + minute_files + hourly_files)}
+            # the minute buckets the block reads, and the minute shards each of them reads
+            unit_files = {k: bucket_inputs(minutes, k) for k in span if k in minutes}
+            read = sorted({p for window, before in unit_files.values() for p in window + before} | set(minute_files))
+            wanted = {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(read + hourly_files)}
             out_months = [m for m in range(first, last + 1) if m in hours and in_range(m)]
             if not out_months:
                 continue
@@ -493,12 +535,12 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
                 continue
             result.computed.append((params, files))
             bucket_files = []
-            for k in (k for k in span if k in minutes):
+            for k, files in unit_files.items():
                 unit_key = f"{symbol}/m{k}"
-                unit_wanted = {"sql": sql_hash, "inputs": _fingerprint(minutes.get(k - 1, []) + minutes[k])}
+                unit_wanted = {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(sorted(set(files[0] + files[1])))}
                 if (symbol, k) not in units and (manifest.get(unit_key) != unit_wanted
                                                  or not bucket_path(cfg, symbol, k).exists()):
-                    units[(symbol, k)] = bucket_query(cfg.sql_dir, base, symbol, k, minutes.get(k - 1, []) + minutes[k])
+                    units[(symbol, k)] = bucket_query(cfg.sql_dir, base, symbol, k, files)
                     unit_manifest[(symbol, k)] = (unit_key, unit_wanted)
                 staged_unit = staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)
                 bucket_files.append(staged_unit if (symbol, k) in units else bucket_path(cfg, symbol, k))
@@ -511,7 +553,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
 
     from mscale.interrupts import check_interrupted, deferred_interrupt
 
-    shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
+    shutil.rmtree(staging_root, ignore_errors=True)  # what killed builds left
     written: list[Path] = []
     show = not cfg.quiet and sys.stderr.isatty()
     phases = [(bucket_blocks, bucket_path), (blocks, cache_path)]
@@ -534,9 +576,11 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
                 check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
         check_interrupted()
         with deferred_interrupt():  # Ctrl-C waits for the renames (quick): all or nothing
-            _publish(cfg, staging, written, manifest, hourly_shards, minute_shards, full=full)
+            result.months_removed = _publish(cfg, staging, written, manifest, hourly_shards, minute_shards, full=full)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging_root.rmdir()  # unless another build stages there
     result.seconds = time.perf_counter() - started
     return result
 
@@ -560,23 +604,26 @@ def _bucket_tasks(cfg: Config, units: dict[tuple[str, int], str], unit_manifest:
 
 def _publish(cfg: Config, staging: Path, written: list[Path], manifest: dict,
              hourly_shards: dict[str, dict[int, list[Path]]], minute_shards: dict[str, dict[int, list[Path]]], *,
-             full: bool) -> None:
+             full: bool) -> int:
     """Move the staged files into the caches, remove the months (or whole symbols) whose shards are
     gone (hourly for features, minute for minute buckets; on a full rebuild every file it did not
-    write), then write the manifest."""
+    write), then write the manifest. Returns the feature months removed."""
     derived = cfg.derived_dir
     for final in written:
         final.parent.mkdir(parents=True, exist_ok=True)
         (staging / final.relative_to(derived)).replace(final)
     fresh = set(written)
+    removed = 0
     for cache, shards in (("features", hourly_shards), ("minute_buckets", minute_shards)):
         for old in (derived / cache).glob("symbol=*/*.parquet"):
             symbol = old.parent.name.removeprefix("symbol=")
             gone = _month_index(int(old.stem[:4]), int(old.stem[4:6])) not in shards.get(symbol, {})
             if gone or (full and old not in fresh):
                 old.unlink()
-    if written or full:
+                removed += cache == "features"
+    if written or full or removed:
         _write_manifest(derived / "features" / "_manifest.json", manifest)
+    return removed
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:

@@ -16,7 +16,9 @@ symbol's quarter. Guarantees:
   filesystem every worker sees under the same path. A worker that dies mid-task leaves at most a
   temp file in the staging folder (the caller removes the folder), and the scheduler runs the task
   again on another worker (`distributed.scheduler.allowed-failures`, Dask's own retry of lost
-  tasks); a task that fails for its data is not retried.
+  tasks); a task that fails for its data is not retried. Queued tasks are cancelled when a build
+  stops, but a task already running on a remote worker runs to its end: it writes into its
+  build's own staging folder, which no later build reads.
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def run_blocks(phases: list[list[Block]], *, executor: str = "local", threads: i
 
         with dask_client(scheduler, threads) as client:
             log.info("dask: %s blocks on %s", " then ".join(str(len(p)) for p in phases), client.scheduler.address)
-            for n, blocks in enumerate(phases):
-                yield from _finish_all_dask(client, blocks, task, n)
+            for blocks in phases:
+                yield from _finish_all_dask(client, blocks, task)
     else:
         raise MscaleError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
 
@@ -130,11 +132,12 @@ def _finish_all(pending: set) -> Iterator[BlockDone]:
             future.cancel()
 
 
-def _finish_all_dask(client, blocks: list[Block], task: BlockTask, phase: int) -> Iterator[BlockDone]:
+def _finish_all_dask(client, blocks: list[Block], task: BlockTask) -> Iterator[BlockDone]:
     from distributed import as_completed
 
-    # pure=False: a block is an action (it writes files), run it even if an identical one ran
-    futures = [client.submit(task, b, key=f"features-{b.symbol}-{phase}-{i}", pure=False) for i, b in enumerate(blocks)]
+    # pure=False: a task is an action (it writes files), so it gets a fresh random key, never the
+    # result of an identical task another client (another build) submitted to the same scheduler
+    futures = [client.submit(task, b, pure=False) for b in blocks]
     try:
         for future in as_completed(futures):
             yield future.result()
