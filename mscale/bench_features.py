@@ -218,22 +218,24 @@ def _peak_rss_mb() -> float:
 def _child_materialise(cfg, full: bool) -> dict:
     from mscale.warehouse.build import materialise
 
-    base_rss = _peak_rss_mb()
-    t0 = time.perf_counter()
-    res = materialise(cfg, full=full)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "months": res.months_computed, "rows": res.rows_written}
+    return _measured(lambda: materialise(cfg, full=full))
 
 
 def _child_build_features(cfg) -> dict:
     """What `mscale features --full` does: the build, then views, catalog and checks."""
     from mscale.warehouse.build import build_features
 
+    out = _measured(lambda: build_features(cfg, full=True))
+    return {**out, "total_s": out["seconds"], "seconds": out["build_s"]}
+
+
+def _measured(build: Callable[[], Any]) -> dict:
+    """Wall seconds and peak RSS of one build (a BuildResult); `build_s` is the build's own time."""
     base_rss = _peak_rss_mb()
     t0 = time.perf_counter()
-    res = build_features(cfg, full=True)
+    res = build()
     seconds = time.perf_counter() - t0
-    return {"seconds": res.seconds, "total_s": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss,
+    return {"seconds": seconds, "build_s": res.seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss,
             "months": res.months_computed, "rows": res.rows_written}
 
 
@@ -680,18 +682,17 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
 
     import pyarrow.compute as pc
 
-    from mscale.store import list_shards, write_atomic
+    from mscale.store import write_atomic
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
-    from mscale.warehouse.executors import month_of_decision
+    from mscale.warehouse.executors import month_of_decision, run_queries
 
     base = r.params_from_config(cfg)
     params = _block_params(cfg, symbol, first, last)
     start = b.warmup_start(first)
     span = list(range(b._month_index(start.year, start.month), last + 1))
-    shards = {}
-    for shard in list_shards(cfg.market_dir, "1m", symbol):
-        shards.setdefault(b._month_index(shard.year, shard.month), []).append(shard.path)
+    shards = b.shards_by_month(cfg.market_dir, "1m").get(symbol, {})
+    inputs = {k: b.bucket_inputs(shards, k) for k in shards}
     env = r.environment(cfg.sql_dir)
     models = r.discover(cfg.sql_dir)
     block_models = [m for m in models if m.layer in ("sources", "staging") + r.FEATURE_LAYERS
@@ -714,7 +715,7 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
         for k in span:  # the warm-up months' buckets come from earlier quarters' tasks: not charged
             if k not in shards:
                 continue
-            for name, sql in b.bucket_steps(cfg.sql_dir, base, symbol, k, b.bucket_inputs(shards, k)):
+            for name, sql in b.bucket_steps(cfg.sql_dir, base, symbol, k, inputs[k]):
                 latency, ops = timed(name, sql, out)
                 if k < first:
                     continue
@@ -724,15 +725,10 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
                         seconds[_bucket_layer(o)] += latency * o["seconds"] / total
                 else:
                     seconds[0] += latency
-            y, m = b._month_of(k)
-            lo, hi = b.month_bounds(y, m)
-            bucket_tables[k] = con.execute(f"select * from {b.BUCKETS} where epoch_ms(ts) > {b._ms(lo)} "
-                                           f"and epoch_ms(ts) <= {b._ms(hi)} order by symbol, ts").to_arrow_table()
+            bucket_tables[k] = con.execute(b.buckets_of_month_sql(k)).to_arrow_table()
             bucket_files.append(Path(tmp) / f"buckets-{k}.parquet")
             write_atomic(bucket_tables[k], bucket_files[-1])
-        read_cached = (f"select * from read_parquet({r.sql_paths([str(f) for f in bucket_files])}) "
-                       f"where epoch_ms(ts) > {b._ms(params.minute_from)} and epoch_ms(ts) <= {b._ms(params.minute_to)}")
-        seconds[0] += timed(b.BUCKETS, read_cached, out)[0]
+        seconds[0] += timed(b.BUCKETS, b.cached_buckets_sql(bucket_files, params), out)[0]
         for model in block_models:
             latency, _ = timed(model.name, r.render(env, model, b._with_extras(params, models)), out)
             seconds[_MODEL_LAYER.get(model.name, _MODEL_LAYER.get(model.layer, 5))] += latency
@@ -746,16 +742,12 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
                 if m in bucket_tables:
                     write_atomic(bucket_tables[m], Path(tmp) / f"again-{m}.parquet")
             seconds[-1] = time.perf_counter() - t0
-        tasks = b.connect()
-        tasks.execute("set threads = 1")
-        b.install_macros(tasks, cfg.sql_dir)
+        queries = [b.bucket_query(cfg.sql_dir, base, symbol, k, inputs[k]) for k in range(first, last + 1) if k in shards]
+        queries.append(b.feature_query(cfg.sql_dir, params, bucket_files=bucket_files))
+        macros_sql = (Path(cfg.sql_dir) / r.MACROS_FILE).read_text()
         t0 = time.perf_counter()
-        for k in range(first, last + 1):
-            if k in shards:
-                tasks.execute(b.bucket_query(cfg.sql_dir, base, symbol, k, b.bucket_inputs(shards, k))).to_arrow_table()
-        tasks.execute(b.feature_query(cfg.sql_dir, params, bucket_files=bucket_files)).to_arrow_table()
+        run_queries(macros_sql, queries)
         tasks_s = time.perf_counter() - t0
-        tasks.close()
     total = sum(seconds)
     return {"symbol": symbol, "first": first, "last": last, "steps_s": total, "fused_s": tasks_s,
             "layers": [{"layer": name, "seconds": sec, "share": sec / total} for name, sec in zip(PROFILE_LAYERS, seconds)]}

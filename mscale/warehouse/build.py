@@ -31,7 +31,7 @@ from mscale.config import DEFAULT_WAREHOUSE, Config, with_market
 from mscale.errors import CheckFailedError, MscaleError
 from mscale.store import list_shards, month_bounds, write_text_atomic
 from mscale.warehouse import render as r
-from mscale.warehouse.executors import Block, BlockTask, build_block, run_blocks
+from mscale.warehouse.executors import Block, BlockTask, build_block, run_blocks, run_queries
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,25 @@ def feature_query(sql_dir: Path, params: r.RenderParams, *, extra_dirs: tuple[Pa
         if m.layer not in layers:
             continue
         if m.name == BUCKETS and bucket_files:
-            body = (f"select * from read_parquet({r.sql_paths([str(f) for f in bucket_files])})\n"
-                    f"where epoch_ms(ts) > {_ms(params.minute_from)} and epoch_ms(ts) <= {_ms(params.minute_to)}")
+            body = cached_buckets_sql(bucket_files, params)
         else:
             body = r.render(env, m, params)
         ctes.append(f"{m.name} as (\n{body}\n)")
     return "with\n" + ",\n".join(ctes) + "\nselect * from features order by symbol, ts"
+
+
+def cached_buckets_sql(bucket_files: list[Path], params: r.RenderParams) -> str:
+    """The cached minute buckets a block reads in place of `feat_min__buckets`: ts in
+    (minute_from, minute_to], the rows the minutes of that window would give."""
+    return (f"select * from read_parquet({r.sql_paths([str(f) for f in bucket_files])})\n"
+            f"where epoch_ms(ts) > {_ms(params.minute_from)} and epoch_ms(ts) <= {_ms(params.minute_to)}")
+
+
+def buckets_of_month_sql(month: int) -> str:
+    """The rows of `feat_min__buckets` that belong to `month`'s cache file: bars opened in it."""
+    start, end = month_bounds(*_month_of(month))
+    return (f"select * from {BUCKETS}\n"
+            f"where epoch_ms(ts) > {_ms(start)} and epoch_ms(ts) <= {_ms(end)}\norder by symbol, ts")
 
 
 def bucket_inputs(minutes: dict[int, list[Path]], month: int) -> tuple[list[Path], list[Path]]:
@@ -214,10 +227,8 @@ def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, month: int,
     whose bar opens in `month` (ts in (month start, month end]), from `bucket_steps` over
     `inputs` (`bucket_inputs`). Always the same rows for the same month, so the same bits, and the
     same values as the live view."""
-    start, end = month_bounds(*_month_of(month))
     ctes = [f"{name} as (\n{sql}\n)" for name, sql in bucket_steps(sql_dir, base, symbol, month, inputs)]
-    return ("with\n" + ",\n".join(ctes) + f"\nselect * from {BUCKETS}\n"
-            f"where epoch_ms(ts) > {_ms(start)} and epoch_ms(ts) <= {_ms(end)}\norder by symbol, ts")
+    return "with\n" + ",\n".join(ctes) + "\n" + buckets_of_month_sql(month)
 
 
 def _ms(value: datetime) -> int:
@@ -226,23 +237,14 @@ def _ms(value: datetime) -> int:
 
 def compute_features(sql_dir: Path, params: r.RenderParams, *, memory_limit: str | None = None,
                      extra_dirs: tuple[Path, ...] = ()) -> pa.Table:
-    """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts).
-
-    Runs single-threaded: DuckDB's parallel aggregation may add partial sums in any order, and
-    reproducible bits matter more here than one query's speed (callers parallelise across blocks).
-    """
+    """The `features` mart computed live from the shards named in `params`, sorted by (symbol, ts),
+    single-threaded as a block is (`executors.run_queries`)."""
     query = feature_query(sql_dir, params, extra_dirs=extra_dirs)
-    con = connect()
-    con.execute("set threads = 1")
-    if memory_limit:
-        con.execute(f"set memory_limit = {r.sql_string(memory_limit)}")
     try:
-        install_macros(con, sql_dir)
-        return con.execute(query).to_arrow_table()
+        (table,) = run_queries((Path(sql_dir) / r.MACROS_FILE).read_text(), [query], memory_limit)
     except duckdb.Error as e:
         raise MscaleError(f"feature query failed: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
+    return table
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -280,18 +282,16 @@ def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderPa
 # alignment check compares the sampled blocks' cached rows with their minutes.
 BLOCK_CHECKS = frozenset({"chk_features__alignment", "chk_features_hourly__unique_key", "chk_features_minute__unique_key",
                           "chk_fills__unique_key", "chk_klines_1m__unique_key", "chk_labels__unique_key"})
-SAMPLED_BLOCKS = 2
 
 
-def sample_blocks(result: BuildResult, n: int = SAMPLED_BLOCKS) -> list[tuple[r.RenderParams, list[Path]]]:
-    """The blocks the live-layer checks run on: the latest computed block of each of up to `n`
-    symbols (the first and the last), or with nothing computed, the latest block of the build."""
-    pool = result.computed or result.planned[-1:]
+def sample_blocks(result: BuildResult) -> list[tuple[r.RenderParams, list[Path]]]:
+    """The blocks the live-layer checks run on: the latest computed block of the first and of the
+    last symbol, or with nothing computed, the latest block of the build."""
     latest: dict[str, tuple[r.RenderParams, list[Path]]] = {}
-    for block in pool:
+    for block in result.computed or [b for b in [result.latest] if b]:
         latest[block[0].symbols[0]] = block  # plan order: months ascend within a symbol
     symbols = list(latest)
-    return [latest[s] for s in dict.fromkeys(symbols[:1] + symbols[-1:])][:n]
+    return [latest[s] for s in dict.fromkeys(symbols[:1] + symbols[-1:])]
 
 
 def check_blocks(cfg: Config, blocks: list[tuple[r.RenderParams, list[Path]]], models: list[r.Model]) -> list[CheckResult]:
@@ -300,9 +300,8 @@ def check_blocks(cfg: Config, blocks: list[tuple[r.RenderParams, list[Path]]], m
     the first block that failed it."""
     merged = {name: CheckResult(name, 0) for name in sorted(BLOCK_CHECKS)}
     for params, files in blocks:
-        con = connect()
+        con = connect(cfg=cfg)  # the build's threads (key counts do not depend on order) and memory limit
         try:
-            con.execute(f"set threads = {int(cfg.features.threads)}")  # counts of keys: any order gives the same
             create_views(con, cfg.sql_dir, params, mart_cache=[str(f) for f in files], extra_dirs=cfg.extra_feature_dirs,
                          temp_tables=True)
             for c in run_checks(con, cfg.sql_dir, _with_extras(params, models), only=set(BLOCK_CHECKS)):
@@ -398,6 +397,14 @@ def _fingerprint(paths: list[Path]) -> str:
     return "|".join(parts)
 
 
+def shards_by_month(market_dir: Path, interval: str) -> dict[str, dict[int, list[Path]]]:
+    """{symbol: {month index: shard paths}} of one interval's shards."""
+    out: dict[str, dict[int, list[Path]]] = {}
+    for s in list_shards(market_dir, interval):
+        out.setdefault(s.symbol, {}).setdefault(_month_index(s.year, s.month), []).append(s.path)
+    return out
+
+
 def cache_path(cfg: Config, symbol: str, month_index: int) -> Path:
     y, m = _month_of(month_index)
     return cfg.derived_dir / "features" / f"symbol={symbol}" / f"{y:04d}{m:02d}.parquet"
@@ -417,9 +424,9 @@ class BuildResult:
     rows_written: int = 0
     seconds: float = 0.0
     checks: list[CheckResult] = field(default_factory=list)
-    # (parameters, cache files) of the blocks computed, and of every block of the build, in plan order
+    # (parameters, cache files) of the blocks computed, in plan order, and of the build's last block
     computed: list[tuple[r.RenderParams, list[Path]]] = field(default_factory=list)
-    planned: list[tuple[r.RenderParams, list[Path]]] = field(default_factory=list)
+    latest: tuple[r.RenderParams, list[Path]] | None = None
 
     def summary(self) -> str:
         failing = [f"{c.name}: {c.failing_rows} FAILING" for c in self.checks if c.failing_rows]
@@ -483,12 +490,8 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     manifest = {} if full or not manifest_path.exists() else json.loads(manifest_path.read_text())
     result = BuildResult()
 
-    minute_shards: dict[str, dict[int, list[Path]]] = {}
-    for s in list_shards(cfg.market_dir, "1m"):
-        minute_shards.setdefault(s.symbol, {}).setdefault(_month_index(s.year, s.month), []).append(s.path)
-    hourly_shards: dict[str, dict[int, list[Path]]] = {}
-    for s in list_shards(cfg.market_dir, "1h"):
-        hourly_shards.setdefault(s.symbol, {}).setdefault(_month_index(s.year, s.month), []).append(s.path)
+    minute_shards = shards_by_month(cfg.market_dir, "1m")
+    hourly_shards = shards_by_month(cfg.market_dir, "1h")
     symbols = sorted(hourly_shards)
     if cfg.features.symbols:
         symbols = [s for s in symbols if s in cfg.features.symbols]
@@ -513,39 +516,42 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     for symbol in symbols:
         hours = hourly_shards[symbol]
         minutes = minute_shards.get(symbol, {})
+        # each month's minute buckets: the shards they read, and the manifest entry they need
+        unit_inputs = {k: bucket_inputs(minutes, k) for k in minutes}
+        unit_wanted = {k: {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(sorted(set(w + b)))}
+                       for k, (w, b) in unit_inputs.items()}
         for block in sorted({m // BLOCK_MONTHS for m in hours if in_range(m)}):
             first, last = block * BLOCK_MONTHS, block * BLOCK_MONTHS + BLOCK_MONTHS - 1
             start = warmup_start(first)
             span = range(_month_index(start.year, start.month), last + 1)
-            minute_files = [p for k in span for p in minutes.get(k, [])]
-            hourly_files = [p for k in span for p in hours.get(k, [])]
-            # the minute buckets the block reads, and the minute shards each of them reads
-            unit_files = {k: bucket_inputs(minutes, k) for k in span if k in minutes}
-            read = sorted({p for window, before in unit_files.values() for p in window + before} | set(minute_files))
-            wanted = {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(read + hourly_files)}
             out_months = [m for m in range(first, last + 1) if m in hours and in_range(m)]
             if not out_months:
                 continue
+            minute_files = [p for k in span for p in minutes.get(k, [])]
+            hourly_files = [p for k in span for p in hours.get(k, [])]
+            # the minute shards the block's buckets read (its own minutes are among them)
+            read = sorted({p for k in span if k in minutes for p in unit_inputs[k][0] + unit_inputs[k][1]})
+            wanted = {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(read + hourly_files)}
             key = f"{symbol}/{block}"
             params = block_params(base, symbol, first, last, minute_files, hourly_files)
             files = [cache_path(cfg, symbol, m) for m in out_months]
-            result.planned.append((params, files))
-            if manifest.get(key) == wanted and all(cache_path(cfg, symbol, m).exists() for m in out_months):
+            result.latest = (params, files)
+            if manifest.get(key) == wanted and all(f.exists() for f in files):
                 result.months_skipped += len(out_months)
                 continue
             result.computed.append((params, files))
             bucket_files = []
-            for k, files in unit_files.items():
+            for k in (k for k in span if k in minutes):
                 unit_key = f"{symbol}/m{k}"
-                unit_wanted = {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(sorted(set(files[0] + files[1])))}
-                if (symbol, k) not in units and (manifest.get(unit_key) != unit_wanted
+                if (symbol, k) not in units and (manifest.get(unit_key) != unit_wanted[k]
                                                  or not bucket_path(cfg, symbol, k).exists()):
-                    units[(symbol, k)] = bucket_query(cfg.sql_dir, base, symbol, k, files)
-                    unit_manifest[(symbol, k)] = (unit_key, unit_wanted)
+                    units[(symbol, k)] = bucket_query(cfg.sql_dir, base, symbol, k, unit_inputs[k])
+                    unit_manifest[(symbol, k)] = (unit_key, unit_wanted[k])
                 staged_unit = staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)
                 bucket_files.append(staged_unit if (symbol, k) in units else bucket_path(cfg, symbol, k))
-            label = f"{first // 12:04d}-Q{first % 12 // 3 + 1}"
-            staged = tuple(str(staging / cache_path(cfg, symbol, m).relative_to(cfg.derived_dir)) for m in out_months)
+            year, month = _month_of(first)
+            label = f"{year:04d}-Q{(month - 1) // 3 + 1}"
+            staged = tuple(str(staging / f.relative_to(cfg.derived_dir)) for f in files)
             query = feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files)
             blocks.append(Block(symbol, label, macros_sql, (query,), tuple(out_months), staged, cfg.features.memory_limit))
             wanted_of[(symbol, label)] = [(key, wanted)]
@@ -580,7 +586,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
-            staging_root.rmdir()  # unless another build stages there
+            staging_root.rmdir()  # unless a task of a failed build still runs on a remote worker
     result.seconds = time.perf_counter() - started
     return result
 
@@ -592,7 +598,7 @@ def _bucket_tasks(cfg: Config, units: dict[tuple[str, int], str], unit_manifest:
     tasks = []
     for (symbol, _), group in itertools.groupby(sorted(units), key=lambda u: (u[0], u[1] // BLOCK_MONTHS)):
         months = [k for _, k in group]
-        first, last = (f"{k // 12:04d}-{k % 12 + 1:02d}" for k in (months[0], months[-1]))
+        first, last = ("%04d-%02d" % _month_of(k) for k in (months[0], months[-1]))
         label = f"{first}..{last[-2:]} minute buckets" if len(months) > 1 else f"{first} minute buckets"
         tasks.append(Block(
             symbol, label, macros_sql, tuple(units[(symbol, k)] for k in months), tuple(months),
@@ -678,9 +684,3 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
         raise CheckFailedError("warehouse checks failed:\n  " + "\n  ".join(lines))
     return result
 
-
-def run_sql(cfg: Config, query: str, *, max_rows: int | None = None) -> str:
-    """The tables `mscale sql` prints for `query` (every statement, in order); see warehouse.sqlcmd."""
-    from mscale.warehouse.sqlcmd import format_sql
-
-    return format_sql(cfg, query, max_rows=max_rows)

@@ -62,27 +62,38 @@ class BlockDone:
 BlockTask = Callable[[Block], BlockDone]
 
 
-def build_block(block: Block) -> BlockDone:
-    """Compute `block`'s queries single-threaded and stage one file per output month (atomic replace each).
+def run_queries(macros_sql: str, queries: tuple[str, ...] | list[str], memory_limit: str | None = None) -> list[pa.Table]:
+    """Each query's rows, run in order on a fresh connection with the project's macros, on one
+    thread: DuckDB's parallel sums could add in any order, and the bits must not depend on it."""
+    import duckdb
 
-    Raises MscaleError naming the symbol and block when the query fails (bad or unreadable data)."""
+    from mscale.warehouse.render import sql_string
+
+    con = duckdb.connect()
+    try:
+        con.execute("set threads = 1")
+        if memory_limit:
+            con.execute(f"set memory_limit = {sql_string(memory_limit)}")
+        con.execute(macros_sql)
+        return [con.execute(query).to_arrow_table() for query in queries]
+    finally:
+        con.close()
+
+
+def build_block(block: Block) -> BlockDone:
+    """Compute `block`'s queries (`run_queries`) and stage one file per output month (atomic replace each).
+
+    Raises MscaleError naming the symbol and block when a query fails (bad or unreadable data)."""
     import duckdb
     import pyarrow.compute as pc
 
     from mscale.store import write_atomic
 
-    con = duckdb.connect()
     try:
-        con.execute("set threads = 1")  # one thread: DuckDB's parallel sums could add in any order
-        if block.memory_limit:
-            con.execute(f"set memory_limit = '{block.memory_limit}'")  # a size, checked by config_check
-        con.execute(block.macros_sql)
-        tables = [con.execute(query).to_arrow_table() for query in block.queries]
-        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        tables = run_queries(block.macros_sql, block.queries, block.memory_limit)
     except duckdb.Error as e:
         raise MscaleError(f"features {block.symbol} {block.label}: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     months = month_of_decision(table)
     rows = []
     for month, path in zip(block.months, block.staged):

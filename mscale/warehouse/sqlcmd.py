@@ -169,13 +169,6 @@ def run_sql(
     return results
 
 
-def format_sql(cfg: Config, query: str, *, max_rows: int | None = None) -> str:
-    """The table `mscale sql` prints for `query`, as a string."""
-    buf = io.StringIO()
-    run_sql(cfg, query, max_rows=max_rows, stdout=buf, stderr=buf)
-    return buf.getvalue()
-
-
 # --- reading -------------------------------------------------------------------------------------
 
 
