@@ -101,6 +101,8 @@ def test_the_report_is_self_contained_and_has_every_section(which, request):
     assert "synthetic" in page.cells["data"]  # the ingestion summary's sources column
     importance_rows = page.rows["importance"]
     assert 2 < importance_rows <= 3 * 22  # at most 20 features per task, with two header rows each
+    shares = [c for c in page.cells["importance"] if c.endswith("%")]  # the share column, in percent
+    assert shares and all(0 <= float(c[:-1]) <= 100 for c in shares)
     charts_made = {p.stem for p in (run / "charts").glob("*.png")}
     assert {"fee_curve", "drawdown", "equity_tier_VIP9", "equity_multiscale_pooled"} <= charts_made
     if which == "compare_run":

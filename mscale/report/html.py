@@ -44,7 +44,10 @@ SECTIONS = ("verdict", "charts", "comparison", "metrics", "folds", "importance",
 
 
 def fmt(value: Any, kind: str = "num") -> str:
-    """A table cell: NaN/None as an en dash; "ret" a signed percentage, "share" an unsigned one."""
+    """A table cell: NaN/None as an en dash; "ret" a signed percentage, "share" an unsigned one,
+    "int" a whole number with thousands separators, "num" as it is. Any other kind is an error."""
+    if kind not in ("num", "ret", "share", "int"):
+        raise ValueError(f"unknown cell kind {kind!r}")
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if kind in ("ret", "share"):
