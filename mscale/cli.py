@@ -363,12 +363,11 @@ def _dispatch(cfg: Config, args: argparse.Namespace) -> int:
         print(f"report: {path / 'report.html'}")
     elif cmd == "demo":
         from mscale.demo import DEFAULT_SYMBOLS
-        from mscale.demo_run import default_splits, run_demo
+        from mscale.demo_run import run_demo
 
         if args.months < 3:
             raise MscaleError(f"--months must be at least 3 for walk-forward folds, got {args.months}")
-        n_splits = args.n_splits or default_splits(args.months)
-        run_demo(cfg, symbols=tuple(_symbols(args.symbols) or DEFAULT_SYMBOLS), months=args.months, n_splits=n_splits)
+        run_demo(cfg, symbols=tuple(_symbols(args.symbols) or DEFAULT_SYMBOLS), months=args.months, n_splits=args.n_splits)
     elif cmd == "sql":
         from mscale.warehouse.sqlcmd import check_options, resolve_format, run_sql
 

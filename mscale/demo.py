@@ -75,7 +75,8 @@ def _add_months(d: date, months: int) -> date:
     return date(d.year + y, m + 1, 1)
 
 
-def _month_list(start: date, months: int) -> list[tuple[int, int]]:
+def month_list(start: date, months: int) -> list[tuple[int, int]]:
+    """(year, month) of `months` calendar months from `start`'s."""
     return [(_add_months(start, i).year, _add_months(start, i).month) for i in range(months)]
 
 
@@ -281,12 +282,12 @@ def write_demo(
     """
     t0 = time.perf_counter()
     syms = _check_args(symbols, start, months, seed)
-    month_list = _month_list(start, months)
+    months_written = month_list(start, months)
     minutes = generate_minutes(syms, start=start, months=months, seed=seed)
     hours = hours_from_minutes(minutes)
-    _clear_previous_demo(cfg, syms, month_list)
-    wm = write_klines(cfg.market_dir, "1m", minutes, source=SOURCE, complete_months=month_list)
-    wh = write_klines(cfg.market_dir, "1h", hours, source=SOURCE, complete_months=month_list)
+    _clear_previous_demo(cfg, syms, months_written)
+    wm = write_klines(cfg.market_dir, "1m", minutes, source=SOURCE, complete_months=months_written)
+    wh = write_klines(cfg.market_dir, "1h", hours, source=SOURCE, complete_months=months_written)
     end = _add_months(start, months)
     grid_minutes = (end - start).days * 1440
     return {

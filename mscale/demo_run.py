@@ -26,21 +26,19 @@ def default_splits(months: int) -> int:
     return max(1, min(5, int(months * 730 / 420) - 1))
 
 
-def _months(start: date, months: int) -> set[tuple[int, int]]:
-    return {((start.year * 12 + start.month - 1 + k) // 12, (start.month - 1 + k) % 12 + 1) for k in range(months)}
-
-
 def demo_market_present(cfg: Config, symbols: tuple[str, ...], start: date, months: int) -> bool:
     """Every minute and hourly shard of the demo market is already there."""
+    from mscale.demo import month_list
     from mscale.store import list_shards
 
-    wanted = {(s, y, m) for s in symbols for y, m in _months(start, months)}
+    wanted = {(s, y, m) for s in symbols for y, m in month_list(start, months)}
     return all(wanted <= {(s.symbol, s.year, s.month) for s in list_shards(cfg.market_dir, interval)} for interval in ("1m", "1h"))
 
 
 def run_demo(cfg: Config, *, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, start: date = DEMO_START,
-             months: int = DEMO_MONTHS, seed: int = 7, n_splits: int = 5, echo=print) -> dict:
-    """Run every step, print what each did and took; returns the steps' seconds and the report path."""
+             months: int = DEMO_MONTHS, seed: int = 7, n_splits: int | None = None, echo=print) -> dict:
+    """Run every step, print what each did and took; returns the steps' seconds and the report path.
+    `n_splits`: walk-forward folds, default `default_splits(months)`."""
     from mscale.demo import write_demo
     from mscale.report import build_report, write_report
     from mscale.research.pipeline import run_training
@@ -61,14 +59,18 @@ def run_demo(cfg: Config, *, symbols: tuple[str, ...] = DEFAULT_SYMBOLS, start: 
         summary = step("demo market", lambda: write_demo(cfg, symbols=symbols, start=start, months=months, seed=seed))
         echo(f"demo market: {summary['minute_rows']:,} minute and {summary['hourly_rows']:,} hourly bars "
              f"under {cfg.market_dir} ({steps['demo market']:.1f} s)")
-    paths = step("ingestion report", lambda: write_report(cfg, build_report(cfg, list(symbols))))
+    def ingestion_report():
+        reports = build_report(cfg, list(symbols))
+        return reports, write_report(cfg, reports)
+
+    reports, paths = step("ingestion report", ingestion_report)
     echo(f"ingestion report: {paths[0]} ({steps['ingestion report']:.1f} s)")
     built = step("features", lambda: build_features(cfg))
     echo(f"features: {built.months_computed} symbol-months computed, {built.months_skipped} reused "
          f"({steps['features']:.1f} s)")
-    train_cfg = replace(cfg, train=replace(cfg.train, compare=True, split_mode="walk_forward", n_splits=n_splits,
-                                           symbols=tuple(symbols)))
-    result = step("train, backtest, report", lambda: run_training(train_cfg))
+    train_cfg = replace(cfg, train=replace(cfg.train, compare=True, split_mode="walk_forward",
+                                           n_splits=n_splits or default_splits(months), symbols=tuple(symbols)))
+    result = step("train, backtest, report", lambda: run_training(train_cfg, ingestion=reports))
     timings = result.timings
     echo(f"train --compare: {timings['folds']} walk-forward folds x 2 feature sets, backtest {timings['backtest_s']:.1f} s, "
          f"report {timings['report_s']:.1f} s ({steps['train, backtest, report']:.1f} s in all)")

@@ -83,8 +83,10 @@ def render_report(run_dir: Path, *, base_dir: Path | None = None) -> Path:
     config = json.loads((base / "config.json").read_text())
     rerun = json.loads((run_dir / "config.json").read_text()) if base_dir else None
     backtest = (rerun or config)["config"]["backtest"]
+    from mscale.research.evaluate import main_arm
+
     arms = list(metrics["arms"])
-    main = "multiscale" if "multiscale" in arms else arms[0]
+    main = main_arm(arms)
     pnl = pq.read_table(run_dir / "pnl" / main / "tokens.parquet")
     pooled = charts.frame(pq.read_table(run_dir / "pnl" / main / "pooled.parquet"))
     trades = pq.read_table(run_dir / "trades.parquet")

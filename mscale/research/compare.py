@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mscale.backtest.metrics import sharpe
+from mscale.backtest.metrics import HOURS_PER_YEAR, sharpe
 
 DEFAULT_BLOCK_H = 168
 DEFAULT_REPLICATES = 2000
@@ -83,4 +83,4 @@ def _sharpe_of_blocks(r: np.ndarray, starts: np.ndarray, lengths: np.ndarray) ->
     mean = total / n
     var = (squares - n * mean * mean) / (n - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(var > 0, mean / np.sqrt(np.maximum(var, 0)) * math.sqrt(8760), np.nan)
+        return np.where(var > 0, mean / np.sqrt(np.maximum(var, 0)) * math.sqrt(HOURS_PER_YEAR), np.nan)

@@ -54,6 +54,12 @@ class Evaluation:
     seconds: float = 0.0
 
 
+def main_arm(arms) -> str:
+    """The arm a run is summed up by: multiscale when it ran, else the only one (any iterable of names)."""
+    names = list(arms)
+    return "multiscale" if "multiscale" in names else names[0]
+
+
 def evaluate(oos: dict[str, pa.Table], prices: pa.Table, settings: BacktestSettings) -> Evaluation:
     """Backtest every arm's OOS predictions (per-row tuned thresholds) at every tier, the fee
     curve from 0 to 10 bps on the same positions, and the comparison of the two arms."""
@@ -140,7 +146,7 @@ def verdict_line(ev: Evaluation, tune_fee: str) -> str:
     ran, else whether the pooled net Sharpe at the tuning tier is evidence of an edge (PSR > 0.95)."""
     if ev.comparison:
         return verdict(ev.comparison)
-    arm = "multiscale" if "multiscale" in ev.backtests else next(iter(ev.backtests))
+    arm = main_arm(ev.backtests)
     m = ev.backtests[arm].metric
     sharpe, psr, dsr = m("sharpe", tier=tune_fee), m("psr", tier=tune_fee), m("dsr", tier=tune_fee)
     edge = "evidence of an edge after fees" if sharpe > 0 and psr > 0.95 else "no evidence of an edge after fees"

@@ -30,7 +30,7 @@ from mscale.backtest.metrics import HOUR_MS, sharpe
 from mscale.config import Config, with_market
 from mscale.errors import CheckFailedError, MscaleError
 from mscale.research import dataset, runs
-from mscale.research.evaluate import (BacktestSettings, Evaluation, evaluate, headline, summary_table, verdict_line,
+from mscale.research.evaluate import (BacktestSettings, Evaluation, evaluate, headline, main_arm, summary_table, verdict_line,
                                       write_evaluation)
 from mscale.research.labels import vol_high
 from mscale.research.models import fit_model, prior_model
@@ -60,7 +60,6 @@ class Arm:
     importance: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     tuned: list[Tuned] = field(default_factory=list)
     tuning_seconds: float = 0.0
-    models: dict[str, list[str]] = field(default_factory=dict)  # task -> family of each fit ("prior": too little to learn)
     oos: pa.Table | None = None  # every test-block prediction, sorted by (symbol, ts)
     backtest: BacktestResult | None = None
 
@@ -85,8 +84,10 @@ class Plan:
     pull_seconds: float
 
 
-def run_training(cfg: Config) -> TrainingResult:
-    """Train, predict, tune and backtest every fold; write and publish `_exp/<run_id>/`."""
+def run_training(cfg: Config, *, ingestion: list[dict] | None = None) -> TrainingResult:
+    """Train, predict, tune and backtest every fold; write and publish `_exp/<run_id>/`.
+    `ingestion`: the ingestion reports (`mscale.report.build_report`) of the market, when the
+    caller has just built them; the run's `ingestion.json` takes its symbols' from there."""
     started = time.perf_counter()
     s = cfg.train
     tiers, _ = trading_settings(cfg)  # fees and knobs are checked before anything is read
@@ -112,7 +113,7 @@ def run_training(cfg: Config) -> TrainingResult:
                "folds": len(folds)}
     resolved["backtest"] = settings.as_dict()
     path = _write_run(cfg, run_id, now, resolved, _fingerprint(cfg, ds), arms, evaluation, plan.prices, plan.alignment,
-                      timings)
+                      timings, ingestion)
     _refresh_views(cfg)
     return TrainingResult(run_id, path, summary_table(evaluation, s.tune_fee), arms, timings)
 
@@ -196,7 +197,7 @@ def train_arms(cfg: Config, ds: dataset.Dataset, prices: pa.Table, folds: list[F
     s = cfg.train
     tiers, knobs = trading_settings(cfg)
     units = [[c] for c in range(len(ds.symbols))] if s.fit == "per_token" else [list(range(len(ds.symbols)))]
-    total = len(arms) * len(folds) * len(units) * len(TASKS)
+    total = len(arms) * len(folds) * len(units) * len(_tasks(s))
     results: dict[str, Arm] = {}
     # a bar on a terminal (tqdm's `disable=None`), nothing in logs and pipes
     # Every fit of an arm is independent of the others, so all of them are queued at once and run
@@ -270,6 +271,11 @@ def _fit_pool(s: Any) -> Iterator[Any]:
     else:
         with _ThreadPool(max_workers=s.threads) as pool:
             yield pool
+
+
+def _tasks(s: Any) -> tuple[str, ...]:
+    """The models fitted per unit: the direction model, and the auxiliary ones unless `aux` is off."""
+    return TASKS if s.aux else ("dir",)
 
 
 def embargo_hours(cfg: Config) -> int:
@@ -360,7 +366,7 @@ def _plan_unit(cfg: Config, ds: dataset.Dataset, fold: Fold, members: list[int])
     }
     rng = np.random.default_rng([s.seed, fold.index, members[0]])
     jobs = {}
-    for task in TASKS if s.aux else ("dir",):
+    for task in _tasks(s):
         y = targets[task]
         rows = fit[np.isfinite(y[fit])]
         labels = rng.permutation(y[rows]) if s.shuffle_labels else y[rows]
@@ -388,7 +394,6 @@ def _finish_unit(cfg: Config, ds: dataset.Dataset, X: np.ndarray, unit: Unit, fi
     proba: dict[str, np.ndarray] = {}
     for task, model in fitted.items():
         proba[task] = model.predict_proba(X[rows], DIRECTION if task == "dir" else BINARY)
-        arm.models.setdefault(task, []).append(model.kind)
         for feature, value in model.importance().items():
             arm.importance.setdefault((task, feature), []).append(value)
 
@@ -518,7 +523,7 @@ def _fingerprint(cfg: Config, ds: dataset.Dataset) -> dict:
 
 
 def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], evaluation: Evaluation, prices: pa.Table,
-               alignment, timings):
+               alignment, timings, ingestion: list[dict] | None = None):
     """Every file of CONTRACT §10, then the charts and the report, then publish."""
     from mscale.report import build_report, flat_row
     from mscale.report.html import render_report
@@ -527,7 +532,10 @@ def _write_run(cfg, run_id, now, resolved, fingerprint, arms: dict[str, Arm], ev
     try:
         folder.json("config.json", {"run_id": run_id, "created_at": now, "config": resolved, "data": fingerprint,
                                     "git_commit": runs.git_commit(cfg.project_root)})
-        folder.json("ingestion.json", [flat_row(rep) for rep in build_report(cfg, fingerprint["symbols"])])
+        given = {rep["symbol"]: rep for rep in ingestion or []}
+        symbols = fingerprint["symbols"]
+        reports = [given[s] for s in symbols] if set(symbols) <= set(given) else build_report(cfg, symbols)
+        folder.json("ingestion.json", [flat_row(rep) for rep in reports])
         metrics: dict[str, Any] = {"run_id": run_id, "tune_fee": cfg.train.tune_fee, "timings": timings, "arms": {}}
         for name, arm in arms.items():
             metrics["arms"][name] = {"backtest": arm.backtest.metrics.to_pylist(), "columns": len(arm.columns),
@@ -583,7 +591,7 @@ def _importance(arms: dict[str, Arm]) -> pa.Table:
 
 def _summary_row(cfg, run_id, now, fingerprint, arms: dict[str, Arm], comparison) -> pa.Table:
     s = cfg.train
-    main = arms.get("multiscale") or next(iter(arms.values()))
+    main = arms[main_arm(arms)]
     quality = _model_quality(main)
     row: dict[str, Any] = {
         "run_id": run_id, "created_at": now, "model": s.model, "feature_set": ",".join(arms), "split_mode": s.split_mode,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from mscale.backtest import Rules, prepare_bars, sweep, threshold_grid
-from mscale.backtest.metrics import HOURS_PER_YEAR, expected_max_sharpe, probabilistic_sharpe
+from mscale.backtest.metrics import HOURS_PER_YEAR, deflated_benchmark, probabilistic_sharpe
 
 NEVER = 2.0  # a signal threshold no score can pass: the token stays flat
 SIGNAL_QUANTILES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
@@ -48,7 +48,7 @@ class Tuned:
         if not math.isfinite(self.val_sharpe) or self.val_rows < 2:
             return math.nan, math.nan
         sr = self.val_sharpe / math.sqrt(HOURS_PER_YEAR)
-        benchmark = expected_max_sharpe(self.n_configs, self.sharpe_var / HOURS_PER_YEAR)
+        benchmark = deflated_benchmark(self.n_configs, self.sharpe_var)
         return (probabilistic_sharpe(sr, 0.0, 3.0, self.val_rows),
                 probabilistic_sharpe(sr, 0.0, 3.0, self.val_rows, benchmark))
 
