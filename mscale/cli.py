@@ -271,7 +271,7 @@ def _dispatch(cfg: Config, args: argparse.Namespace) -> int:
         if args.months < 1:
             raise MscaleError(f"--months must be at least 1, got {args.months}")
         summary = write_demo(cfg, symbols=tuple(_symbols(args.symbols) or DEFAULT_SYMBOLS), start=args.start, months=args.months, seed=args.seed)
-        print(format_summary(summary))
+        print(with_market(format_summary(summary), cfg.market))
     elif cmd == "ingest":
         from mscale.ingest.runner import ingest
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mscale.errors import MscaleError
+from mscale.names import SYMBOL_RE, TIER_NAME_RE, is_fill_mode
 
 # a rule returns None when the value is fine, else what is allowed ("a whole number >= 1"), or that
 # and how to show the offending part of the value
@@ -117,7 +118,7 @@ def _date(v: Any) -> str | None:
 
 
 def _symbol(v: Any) -> str | None:
-    ok = isinstance(v, str) and re.fullmatch(r"[A-Z0-9]{2,20}", v)
+    ok = isinstance(v, str) and SYMBOL_RE.fullmatch(v)
     return None if ok else 'a symbol of 2-20 upper-case letters or digits such as "BTCUSDT"'
 
 
@@ -159,9 +160,6 @@ def _date_range(v: Any) -> str | None:
     return None
 
 
-_TIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
-
-
 def _fee(v: Any) -> str | None:
     """A fee tier: a name (gross, VIP9, VIP4, checked against the known tiers when the run starts)
     or NAME=BPS with BPS a number >= 0."""
@@ -169,7 +167,7 @@ def _fee(v: Any) -> str | None:
     if not isinstance(v, str):
         return what
     name, eq, bps = v.partition("=")
-    if not _TIER.fullmatch(name.strip()):
+    if not TIER_NAME_RE.fullmatch(name.strip()):
         return what
     if eq:
         try:
@@ -182,8 +180,7 @@ def _fee(v: Any) -> str | None:
 
 
 def _fill(v: Any) -> str | None:
-    ok = isinstance(v, str) and (v in ("close", "next_minute") or re.fullmatch(r"twap_[1-9]\d*m", v))
-    return None if ok else '"close", "next_minute" or "twap_<N>m" (e.g. "twap_5m")'
+    return None if is_fill_mode(v) else '"close", "next_minute" or "twap_<N>m" (e.g. "twap_5m")'
 
 
 def _slippage(v: Any) -> str | None:
@@ -251,7 +248,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "start": optional(_date),
         "end": optional(_date),
         "fees": list_of(_fee, 'a non-empty list of fee tiers such as ["gross", "VIP9", "taker=10"]', non_empty=True),
-        "tune_fee": lambda v: None if isinstance(v, str) and _TIER.fullmatch(v) else 'a fee tier name such as "VIP9"',
+        "tune_fee": lambda v: None if isinstance(v, str) and TIER_NAME_RE.fullmatch(v) else 'a fee tier name such as "VIP9"',
         "fill": _fill,
         "slippage": _slippage,
         "filter": choice("none", "vol", "volm", "both"),

@@ -85,15 +85,12 @@ class ResampleResult:
     left: dict[str, int] = field(default_factory=dict)  # bars not derived here, left as they were
     replaced: dict[str, int] = field(default_factory=dict)  # with force: such bars replaced
     hourly_bars: int = 0  # bars of the symbol stored now
-    market_dir: str = ""
 
     @property
     def written(self) -> int:
         return self.derived + self.updated + sum(self.replaced.values())
 
     def __str__(self) -> str:
-        if self.minutes == 0:
-            return f"{self.symbol}: no minute shards under {self.market_dir}; nothing to derive"
         left = _by_source(self.left)
         if self.written == 0:
             kept = f"; left {left} as they were (--force replaces them)" if left else ""
@@ -145,7 +142,7 @@ def resample_hourly(cfg: Config, symbols: list[str] | None = None, *, force: boo
             write_klines(cfg.market_dir, "1h", plan["write"], source="resampled")
         result = ResampleResult(
             symbol, minutes.num_rows, derived=plan["derived"], updated=plan["updated"], left=plan["left"],
-            replaced=plan["replaced"], hourly_bars=stored.num_rows + plan["derived"], market_dir=str(cfg.market_dir),
+            replaced=plan["replaced"], hourly_bars=stored.num_rows + plan["derived"],
         )
         if result.replaced:
             log.warning("%s: --force replaced %s with minute-derived ones", symbol, _by_source(result.replaced))

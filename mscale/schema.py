@@ -8,8 +8,8 @@ from datetime import timedelta
 import pyarrow as pa
 
 from mscale.errors import MscaleError
+from mscale.names import SYMBOL_RE
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 
 INTERVALS: dict[str, timedelta] = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1)}
 INTERVAL_MS: dict[str, int] = {k: int(v.total_seconds() * 1000) for k, v in INTERVALS.items()}

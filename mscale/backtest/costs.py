@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from mscale.errors import MscaleError
+from mscale.names import TIER_NAME_RE
 
 # Binance spot fee levels the contract names (bps per side); others are given as NAME=BPS.
 DEFAULT_FEES: dict[str, float] = {"gross": 0.0, "VIP9": 2.0, "VIP4": 5.4}
 KNOWN_TIERS = dict(DEFAULT_FEES)
 
-_TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 SPREAD_COLUMNS = {"cs": "spread_cs_60m", "ar": "spread_ar_60m"}
 
 
@@ -31,7 +30,7 @@ def parse_fees(fees: Mapping[str, float] | Iterable[str] | str | None) -> dict[s
     items = list(fees.items()) if isinstance(fees, Mapping) else [_parse_item(item) for item in fees]
     tiers: dict[str, float] = {}
     for name, bps in items:
-        if not isinstance(name, str) or not _TIER_NAME.match(name):
+        if not isinstance(name, str) or not TIER_NAME_RE.match(name):
             raise MscaleError(f"fee tier name {name!r} must start with a letter and hold only letters, digits and _")
         if isinstance(bps, bool) or not isinstance(bps, (int, float)) or not math.isfinite(bps) or bps < 0:
             raise MscaleError(f"fee of tier {name} must be a number of bps >= 0, got {bps!r}")

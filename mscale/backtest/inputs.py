@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mscale.backtest.costs import SPREAD_COLUMNS
-from mscale.backtest.market import fill_columns, is_fill_mode
+from mscale.backtest.market import fill_columns
+from mscale.names import is_fill_mode
 from mscale.backtest.metrics import DAY_MS, HOUR_MS
 from mscale.backtest.rules import THRESHOLD_DEFAULTS, Rules, check_thresholds
 from mscale.errors import MscaleError

@@ -88,11 +88,6 @@ def fill_columns(names) -> dict[str, str]:
     return modes
 
 
-def is_fill_mode(mode: str) -> bool:
-    """Whether `mode` is a fill mode's name at all (close, next_minute, twap_<N>m)."""
-    return isinstance(mode, str) and bool(_TWAP.match("fill_" + mode) or mode in ("close", "next_minute"))
-
-
 def fill_modes(table: pa.Table | pa.Schema) -> list[str]:
     """The fill modes `table` supports (see `fill_columns`)."""
     return list(fill_columns(table.names if isinstance(table, pa.Schema) else table.schema.names))
