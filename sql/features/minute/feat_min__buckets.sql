@@ -22,63 +22,21 @@ minute_returns as (
         quote_volume,
         ln(close / lag(close) over by_minute) as r,
         ln(lag(close) over by_minute / lag(close, 2) over by_minute) as r_prev,
+        -- zero-volume minutes (halts) have no log-volume; nullif keeps ln() away from them
+        ln(nullif(volume, 0)) as log_volume,
         epoch_ms(close_time) as close_ms,
         decision_ms(close_time) as ts_ms,
     from minutes
     window by_minute as (partition by symbol order by open_time)
 ),
 
-bucket_log_volume as (
-    -- pre-aggregates of the bucket's minute log-volume, for the trailing 7-day volume distribution
+hour_buckets as (
+    -- one pass over the minutes: every aggregate of the bucket, and what its volume columns need
+    -- once the trailing week's reference is known (which needs the earlier buckets first)
     select
         symbol,
         ts_ms,
         ts_ms // 3600000 as hour_no,
-        -- zero-volume minutes (halts) have no log-volume; nullif keeps ln() away from them
-        count(*) filter (where volume > 0) as n_traded,
-        sum(ln(nullif(volume, 0))) as sum_log_volume,
-        sum(ln(nullif(volume, 0)) ^ 2) as sum_log_volume_sq,
-    from minute_returns
-    group by symbol, ts_ms
-),
-
-trailing_week_sums as (
-    -- the 168 buckets before ts (minutes with close_time in (ts - 169 h, ts - 1 h]): earlier minutes only
-    select
-        symbol,
-        ts_ms,
-        {{ w.rolling('sum', 'n_traded', trailing_week) }} as week_n,
-        {{ w.rolling('sum', 'sum_log_volume', trailing_week) }} as week_s1,
-        {{ w.rolling('sum', 'sum_log_volume_sq', trailing_week) }} as week_s2,
-    from bucket_log_volume
-),
-
-volume_reference as (
-    -- log-normal fit of the trailing week's minute volume; burst threshold = its 95th percentile
-    select
-        symbol,
-        ts_ms,
-        week_s1 / week_n as log_volume_mean,
-        sqrt(greatest(week_s2 / week_n - (week_s1 / week_n) ^ 2, 0)) as log_volume_sd,
-        exp(week_s1 / week_n + 1.6448536269514722 * sqrt(greatest(week_s2 / week_n - (week_s1 / week_n) ^ 2, 0))) as burst_threshold,
-    from trailing_week_sums
-    where week_n >= 5040  -- at least half of the week's minutes traded
-),
-
-scored_minutes as (
-    select
-        m.*,
-        m.volume > v.burst_threshold as is_burst,
-        sign(m.close - m.open) * (ln(nullif(m.volume, 0)) - v.log_volume_mean) / nullif(v.log_volume_sd, 0) as signed_volume_z,
-        v.burst_threshold is not null as has_volume_reference,
-    from minute_returns as m
-    left join volume_reference as v using (symbol, ts_ms)
-),
-
-final as (
-    select
-        symbol,
-        to_timestamp(ts_ms // 1000) as ts,
         count(*) as m_n_60m,
         max(close_time) as m_last_close_time,
         {%- for wm in minute_windows %}
@@ -98,12 +56,57 @@ final as (
         {%- endfor %}
         {{ w.covered(60, 'ln(max(high) / min(low))') }} as m_range_60m,
         {{ w.covered(60, 'ln(arg_max(close, close_time) / (sum(quote_volume) / nullif(sum(volume), 0)))') }} as m_vwap_div_60m,
+        -- the minutes' volumes, counted against the burst threshold below
         {%- for wm in minute_windows %}
-        {{ w.covered(wm, 'case when bool_and(has_volume_reference) then count(*) filter (where is_burst and ' ~ w.in_window(wm) ~ ') end') }} as m_burst_{{ wm }}m,
+        {{ w.covered(wm, 'list(volume) filter (where ' ~ w.in_window(wm) ~ ')') }} as volumes_{{ wm }}m,
         {%- endfor %}
-        {{ w.covered(15, 'avg(signed_volume_z) filter (where ' ~ w.in_window(15) ~ ')') }} as m_pressure_15m,
-    from scored_minutes
+        -- sums of sign(close - open) * ln(volume) and of the sign over W_15's traded minutes, for the pressure
+        {{ w.covered(15, 'sum(sign(close - open) * log_volume) filter (where ' ~ w.in_window(15) ~ ')') }} as signed_log_volume_15m,
+        sum(sign(close - open)) filter (where log_volume is not null and {{ w.in_window(15) }}) as signed_traded_15m,
+        count(log_volume) filter (where {{ w.in_window(15) }}) as traded_15m,
+        -- pre-aggregates of the bucket's minute log-volume, for the trailing 7-day volume distribution
+        count(log_volume) as n_traded,
+        sum(log_volume) as sum_log_volume,
+        sum(log_volume ^ 2) as sum_log_volume_sq,
+    from minute_returns
     group by symbol, ts_ms
+),
+
+trailing_week_sums as (
+    -- the 168 buckets before ts (minutes with close_time in (ts - 169 h, ts - 1 h]): earlier minutes only
+    select
+        *,
+        {{ w.rolling('sum', 'n_traded', trailing_week) }} as week_n,
+        {{ w.rolling('sum', 'sum_log_volume', trailing_week) }} as week_s1,
+        {{ w.rolling('sum', 'sum_log_volume_sq', trailing_week) }} as week_s2,
+    from hour_buckets
+),
+
+volume_reference as (
+    -- log-normal fit of the trailing week's minute volume; burst threshold = its 95th percentile;
+    -- NULL below 5040 traded minutes (half the week's)
+    select
+        *,
+        case when week_n >= 5040 then week_s1 / week_n end as log_volume_mean,
+        case when week_n >= 5040 then sqrt(greatest(week_s2 / week_n - (week_s1 / week_n) ^ 2, 0)) end as log_volume_sd,
+    from trailing_week_sums
+),
+
+final as (
+    select
+        symbol,
+        to_timestamp(ts_ms // 1000) as ts,
+        * exclude (symbol, ts_ms, hour_no, n_traded, sum_log_volume, sum_log_volume_sq, week_n, week_s1, week_s2,
+                   log_volume_mean, log_volume_sd, signed_log_volume_15m, signed_traded_15m, traded_15m,
+                   {%- for wm in minute_windows %} volumes_{{ wm }}m{{ ',' if not loop.last }}{% endfor %}),
+        {%- for wm in minute_windows %}
+        case when log_volume_mean is not null then
+            len(list_filter(volumes_{{ wm }}m, lambda v: v > exp(log_volume_mean + 1.6448536269514722 * log_volume_sd)))
+        end as m_burst_{{ wm }}m,
+        {%- endfor %}
+        -- mean over W_15's traded minutes of sign(close - open) * (ln volume - mean) / sd
+        (signed_log_volume_15m - log_volume_mean * signed_traded_15m) / nullif(log_volume_sd, 0) / nullif(traded_15m, 0) as m_pressure_15m,
+    from volume_reference
 )
 
 select * from final

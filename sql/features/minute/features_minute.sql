@@ -10,13 +10,16 @@ with buckets as (
 long_windows as (
     select
         *,
-        -- the previous 30 days' 60-minute ranges, for this hour's percentile among them
-        list(m_range_60m) filter (where m_range_60m is not null) over (
-            partition by symbol order by hour_no range between 720 preceding and 1 preceding
-        ) as range_history,
+        -- this hour's 60-minute range against the previous 30 days' (NULLs sort last, so never count):
+        -- the cumulative distribution over those and this hour counts the ranges <= this one, itself included
+        {{ w.rolling('count', 'm_range_60m', 'range between 720 preceding and 1 preceding') }} as n_range_history,
+        round(
+            cume_dist(order by m_range_60m asc nulls last) over last_30_days_and_now * count(*) over last_30_days_and_now
+        )::bigint - 1 as n_range_at_most,
         -- this hour's minute volume against the same UTC hour on the previous 7 days
         {{ w.z_over('m_vol_sum_60m', 'range between 168 preceding and 24 preceding', 4, partition='symbol, utc_hour(ts)') }} as m_vol_z_hod,
     from buckets
+    window last_30_days_and_now as (partition by symbol order by hour_no range between 720 preceding and current row)
 ),
 
 final as (
@@ -25,10 +28,8 @@ final as (
         ts + to_hours({{ minute_lag_hours }}) as ts,
         m_last_close_time,
         m_n_60m,
-        * exclude (symbol, ts, hour_no, m_last_close_time, m_n_60m, range_history, m_vol_z_hod),
-        case when m_range_60m is not null and len(range_history) >= 360 then
-            len(list_filter(range_history, lambda x: x <= m_range_60m)) / len(range_history)
-        end as m_range_pct_30d,
+        * exclude (symbol, ts, hour_no, m_last_close_time, m_n_60m, n_range_history, n_range_at_most, m_vol_z_hod),
+        case when m_range_60m is not null and n_range_history >= 360 then n_range_at_most / n_range_history end as m_range_pct_30d,
         m_vol_z_hod,
     from long_windows
 )
