@@ -247,7 +247,7 @@ def core_query(cfg, files: list[Path]) -> str:
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
 
-    params = replace(r.params_from_config(cfg), minute_files=[str(f) for f in files], hourly_files=())
+    params = replace(r.params_from_config(cfg), minute_files=[str(f) for f in files], hourly_files=(), sort_staged=False)
     env = r.environment(cfg.sql_dir)
     models = [m for m in r.discover(cfg.sql_dir) if m.name in ("src_klines_1m", "klines_1m", "feat_min__buckets")]
     ctes = [f"{m.name} as (\n{r.render(env, m, b._with_extras(params, models))}\n)" for m in models]
@@ -643,7 +643,7 @@ def _bucket_layer(op: dict) -> int:
     text = f"{op['operator']} {op['detail']}"
     if "LAG(" in text:
         return 1
-    if op["operator"] == "HASH_JOIN" or any(k in text for k in ("n_traded", "sum_log_volume", "week_")):
+    if any(k in text for k in ("n_traded", "sum_log_volume", "week_")):  # the windows over the buckets' week sums
         return 3
     return 2
 

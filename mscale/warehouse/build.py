@@ -196,7 +196,7 @@ def bucket_params(base: r.RenderParams, symbol: str, month: int, minute_files: l
     before the month to its end."""
     start, end = month_bounds(*_month_of(month))
     return replace(base, minute_files=minute_files, hourly_files=(), symbols=(symbol,),
-                   minute_from=start - BUCKET_LOOKBACK, minute_to=end)
+                   minute_from=start - BUCKET_LOOKBACK, minute_to=end, sort_staged=False)
 
 
 def bucket_steps(sql_dir: Path, base: r.RenderParams, symbol: str, month: int,
@@ -274,8 +274,8 @@ def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderPa
 
 
 # Checks of the live layers under the mart (each recomputes its layer from the minutes): run by
-# `mscale features` on a sample of blocks, each over the block's own shards as it was computed,
-# not over the whole history. They still catch a duplicated key: every block runs the same SQL, so
+# `mscale features` on a sample of blocks, each over its last month's shards and the month
+# before's (`check_sample`), not over the whole history. They still catch a duplicated key: every block runs the same SQL, so
 # a key the SQL duplicates (a join that fans out, a lost dedupe) shows in any block; and whatever
 # duplicate reaches the published features, from any layer or block, is caught over every cached
 # row by chk_features__unique_key, which runs on the cache (as do the grid and order checks). The
@@ -285,8 +285,8 @@ BLOCK_CHECKS = frozenset({"chk_features__alignment", "chk_features_hourly__uniqu
 
 
 def sample_blocks(result: BuildResult) -> list[tuple[r.RenderParams, list[Path]]]:
-    """The blocks the live-layer checks run on: the latest computed block of the first and of the
-    last symbol, or with nothing computed, the latest block of the build."""
+    """The blocks the live-layer checks run on (their `check_sample`): the latest computed block of
+    the first and of the last symbol, or with nothing computed, the latest block of the build."""
     latest: dict[str, tuple[r.RenderParams, list[Path]]] = {}
     for block in result.computed or [b for b in [result.latest] if b]:
         latest[block[0].symbols[0]] = block  # plan order: months ascend within a symbol
@@ -424,7 +424,7 @@ class BuildResult:
     rows_written: int = 0
     seconds: float = 0.0
     checks: list[CheckResult] = field(default_factory=list)
-    # (parameters, cache files) of the blocks computed, in plan order, and of the build's last block
+    # the check sample (`check_sample`) of each block computed, in plan order, and of the build's last block
     computed: list[tuple[r.RenderParams, list[Path]]] = field(default_factory=list)
     latest: tuple[r.RenderParams, list[Path]] | None = None
 
@@ -465,6 +465,18 @@ def block_params(
         out_from=month_bounds(*_month_of(first))[0],
         out_to=out_to,
     )
+
+
+def check_sample(cfg: Config, base: r.RenderParams, symbol: str, month: int, minutes: dict[int, list[Path]],
+                 hours: dict[int, list[Path]]) -> tuple[r.RenderParams, list[Path]]:
+    """What the live-layer checks read of a block (BLOCK_CHECKS): the cached file of `month`, its
+    last month, and the block's parameters over the shards of that month and the one before (whose
+    minutes feed its first hours). No warm-up: the checks look at keys and at which minutes feed
+    which hour, not at values."""
+    months = (month - 1, month)
+    return (block_params(base, symbol, month, month, [p for k in months for p in minutes.get(k, [])],
+                         [p for k in months for p in hours.get(k, [])]),
+            [cache_path(cfg, symbol, month)])
 
 
 def materialise(cfg: Config, *, full: bool = False, executor: str | None = None, scheduler: str | None = None,
@@ -535,11 +547,11 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             key = f"{symbol}/{block}"
             params = block_params(base, symbol, first, last, minute_files, hourly_files)
             files = [cache_path(cfg, symbol, m) for m in out_months]
-            result.latest = (params, files)
+            result.latest = check_sample(cfg, base, symbol, out_months[-1], minutes, hours)
             if manifest.get(key) == wanted and all(f.exists() for f in files):
                 result.months_skipped += len(out_months)
                 continue
-            result.computed.append((params, files))
+            result.computed.append(result.latest)
             bucket_files = []
             for k in (k for k in span if k in minutes):
                 unit_key = f"{symbol}/m{k}"

@@ -135,6 +135,9 @@ class RenderParams:
     z_window: int = 168
     minute_lag_hours: int = 0
     check_sample_rows: int = 500
+    # False where the staged minutes only feed windows that order them themselves (the cached minute
+    # buckets): the staging sort is then work done twice
+    sort_staged: bool = True
     # the labels view ([labels] in mscale.toml; see LabelSettings)
     horizons: tuple[int, ...] = LabelSettings.horizons
     horizon: int = LabelSettings.horizon

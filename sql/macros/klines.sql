@@ -79,9 +79,10 @@ where false
 {% endif %}
 {%- endmacro %}
 
-{#- typed, deduplicated, sorted klines of `source`, restricted to the symbols and open_time bounds;
-    `with_source` keeps each bar's `source` column after CONTRACT §2's columns -#}
-{% macro stage(source, symbols, open_from, open_to, monthly_files=false, with_source=false) -%}
+{#- typed, deduplicated klines of `source`, restricted to the symbols and open_time bounds, sorted
+    by (symbol, open_time) unless `ordered` is false; `with_source` keeps each bar's `source` column
+    after CONTRACT §2's columns -#}
+{% macro stage(source, symbols, open_from, open_to, monthly_files=false, with_source=false, ordered=true) -%}
 with source as (
     select * from {{ source }}
 ),
@@ -143,7 +144,9 @@ deduplicated as (
 
 final as (
     select * exclude (filename{% if monthly_files %}, file_month{% endif %}) from deduplicated
+    {%- if ordered %}
     order by symbol, open_time
+    {%- endif %}
 )
 
 select * from final

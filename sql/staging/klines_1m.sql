@@ -2,4 +2,5 @@
 -- reads: src_klines_1m
 -- purpose: typed, UTC, deduplicated and sorted minute klines (CONTRACT §2); no logic
 {% import 'macros/klines.sql' as k %}
-{{ k.stage('src_klines_1m', symbols, minute_from, minute_to, monthly_files=true) }}
+{#- sort_staged false (the cached minute buckets): unsorted, for windows that sort the minutes themselves -#}
+{{ k.stage('src_klines_1m', symbols, minute_from, minute_to, monthly_files=true, ordered=sort_staged) }}
