@@ -608,8 +608,10 @@ def mark_rows(rows: list[dict], report) -> None:
 
 # --- profile ---------------------------------------------------------------------------------------
 
-# The build's steps as the issue names them, and the models (or, inside the minute buckets, the
-# operators) that make them up. Operators are told apart by what DuckDB's profiler says they compute.
+# The build's steps as the issue names them. Each operator of the build's own queries is charged to
+# one (`_operator_layer`), by what DuckDB's profiler says it computes. Of a query's time outside its
+# operators, the profiler names the planning (binding, optimising, physical planning); the rest is
+# work it does not time per operator (a sort's merge phase, pipeline set-up).
 PROFILE_LAYERS = (
     "klines read and warm-up",
     "minute returns / lag",
@@ -618,11 +620,14 @@ PROFILE_LAYERS = (
     "long minute windows (30-day percentile, hour-of-day z)",
     "hourly block and recursions (+ cross, time)",
     "z-scores and percentiles",
-    "mart join",
+    "mart join and sort",
+    "query planning (bind, optimise)",
+    "not timed per operator (sort merges, set-up)",
     "write (Parquet per month)",
 )
-_MODEL_LAYER = {"sources": 0, "staging": 0, "features_minute": 4, "features_hourly": 5, "feat_cross": 5,
-                "feat_time": 5, "feat_norm": 6, "marts": 7}
+READ, LAG, GROUP_BY, WEEK, LONG_MINUTE, HOURLY, Z_SCORES, MART, PLANNING, UNTIMED, WRITE = range(len(PROFILE_LAYERS))
+_PLANNING_METRICS = ("planner", "all_optimizers", "physical_planner")  # of profiling_mode = 'detailed'
+_SCANS = ("READ_PARQUET", "PARQUET_KV_METADATA", "TABLE_SCAN", "PARQUET_SCAN")
 
 
 def _block_params(cfg, symbol: str, first: int, last: int):
@@ -638,46 +643,67 @@ def _block_params(cfg, symbol: str, first: int, last: int):
     return b.block_params(r.params_from_config(cfg), symbol, first, last, minutes, hours)
 
 
-def _bucket_layer(op: dict) -> int:
-    """Which step of the minute buckets (feat_min__buckets) an operator of its profile belongs to."""
-    text = f"{op['operator']} {op['detail']}"
-    if "LAG(" in text:
-        return 1
-    if any(k in text for k in ("n_traded", "sum_log_volume", "week_")):  # the windows over the buckets' week sums
-        return 3
-    return 2
+def _operator_layer(op: dict, child_layers: list[int], minute_side: bool, z_frame: str) -> int:
+    """The PROFILE_LAYERS step of one operator of a profiled query, given its inputs' steps:
+    `minute_side` for a minute-bucket query, else the block's; `z_frame` the rolling z-scores'
+    frame as DuckDB prints it. Scans, and whatever works on scanned rows only (filters, casts,
+    the staging sort, the two minutes before the window), are reading; windows by what they compute;
+    any other operator belongs to the step of its first input, except the block's join of its hourly
+    and minute sides and its final sort."""
+    name, text = op["operator"], op["detail"]
+    if name in _SCANS or (child_layers and all(c == READ for c in child_layers) and name != "WINDOW"
+                          and not (name == "HASH_GROUP_BY" and minute_side)):
+        return READ
+    if name == "WINDOW":
+        if "LAG(" in text:
+            return LAG
+        if "n_traded" in text or "sum_log_volume" in text:
+            return WEEK
+        if "CUME_DIST" in text or "% 24)" in text:  # the 30-day percentile; the same UTC hour on earlier days
+            return LONG_MINUTE
+        if z_frame in text and "stddev_samp" in text:
+            return Z_SCORES
+        return HOURLY
+    if name == "HASH_GROUP_BY":
+        return GROUP_BY if minute_side else HOURLY
+    if not minute_side and (not child_layers or name == "ORDER_BY" and op["root"]
+                            or name == "HASH_JOIN" and "symbol = symbol" in text and "ts = ts" in text):
+        return MART
+    return child_layers[0] if child_layers else READ
 
 
-def _profile_ops(path: Path) -> tuple[float, list[dict]]:
-    """(query seconds, every operator with its own seconds) of one DuckDB JSON profile."""
+def _charge_profile(path: Path, minute_side: bool, z_frame: str, seconds: list[float]) -> None:
+    """Add one query's DuckDB JSON profile (at `path`) to `seconds`, step by step (`_operator_layer`)."""
     import json
 
     prof = json.loads(path.read_text())
-    ops: list[dict] = []
 
-    def walk(node: dict) -> None:
+    def walk(node: dict, root: bool) -> int:
+        child_layers = [walk(child, False) for child in node.get("children", [])]
         extra = node.get("extra_info", {})
         detail = extra.get("Projections") or extra.get("Aggregates") or extra.get("Conditions") or extra.get("Order By") or ""
-        ops.append({"seconds": float(node.get("operator_timing", 0.0)), "operator": node.get("operator_name", "?"),
-                    "rows": node.get("operator_cardinality"),
-                    "detail": "; ".join(map(str, detail)) if isinstance(detail, list) else str(detail)})
-        for child in node.get("children", []):
-            walk(child)
+        op = {"operator": node.get("operator_name", "?").strip(), "root": root,
+              "detail": "; ".join(map(str, detail)) if isinstance(detail, list) else str(detail)}
+        layer = _operator_layer(op, child_layers, minute_side, z_frame)
+        seconds[layer] += float(node.get("operator_timing", 0.0))
+        return layer
 
+    before = sum(seconds)
     for child in prof.get("children", []):
-        walk(child)
-    return float(prof.get("latency", sum(o["seconds"] for o in ops))), ops
+        walk(child, True)
+    operators = sum(seconds) - before
+    planning = sum(float(prof.get(k, 0.0)) for k in _PLANNING_METRICS)
+    seconds[PLANNING] += planning
+    seconds[UNTIMED] += max(0.0, float(prof.get("latency", 0.0)) - operators - planning)
 
 
 def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
-    """Where one block's time goes, from DuckDB's profiler, following the build: the minute buckets
-    of the quarter's months (each from its minutes and the week before), then the block over the
-    cached buckets and its hourly bars. Every model is computed into a temp table on one thread,
-    one statement each with JSON profiling on, and its measured query time is charged to its step
-    of PROFILE_LAYERS; the minute buckets' time is split over their steps in proportion to their
-    operators' own timings. The write is the quarter's bucket and feature files, written as the
-    build writes them. Also returns the time of the build's own tasks for this quarter (one query
-    per bucket month, one for the block), for comparison with the sum of the steps."""
+    """Where one block's time goes, from DuckDB's profiler over the build's own queries for it: the
+    minute buckets of the quarter's months (`bucket_query`, each from its minutes and the week
+    before), then the block (`feature_query` over the cached buckets and its hourly bars), on one
+    thread as the build runs them, each profiled on its second run. Every operator's own time is
+    charged to its step of PROFILE_LAYERS (`_operator_layer`). The write is the quarter's bucket
+    and feature files, written as the build writes them."""
     import tempfile
 
     import pyarrow.compute as pc
@@ -685,54 +711,42 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
     from mscale.store import write_atomic
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
-    from mscale.warehouse.executors import month_of_decision, run_queries
+    from mscale.warehouse.executors import month_of_decision
 
     base = r.params_from_config(cfg)
     params = _block_params(cfg, symbol, first, last)
     start = b.warmup_start(first)
-    span = list(range(b._month_index(start.year, start.month), last + 1))
+    span = range(b._month_index(start.year, start.month), last + 1)
     shards = b.shards_by_month(cfg.market_dir, "1m").get(symbol, {})
-    inputs = {k: b.bucket_inputs(shards, k) for k in shards}
-    env = r.environment(cfg.sql_dir)
-    models = r.discover(cfg.sql_dir)
-    block_models = [m for m in models if m.layer in ("sources", "staging") + r.FEATURE_LAYERS
-                    and m.name not in ("src_klines_1m", "klines_1m", b.BUCKETS)]
+    z_frame = f"ROWS BETWEEN {params.z_window} PRECEDING AND 1 PRECEDING"
     seconds = [0.0] * len(PROFILE_LAYERS)
     con = b.connect()
     con.execute("set threads = 1")
     b.install_macros(con, cfg.sql_dir)
-
-    def timed(name: str, sql: str, out: Path) -> tuple[float, list[dict]]:
-        con.execute("pragma enable_profiling = 'json'")
-        con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
-        con.execute(f"create or replace temp table {name} as\n{sql}")
-        con.execute("pragma disable_profiling")
-        return _profile_ops(out)
-
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.json"
+
+        def profiled(sql: str, minute_side: bool):
+            con.execute(sql).fetchall()  # the first run pays the process's one-off set-up
+            con.execute("pragma enable_profiling = 'json'")
+            con.execute("set profiling_mode = 'detailed'")  # with the planner's and optimisers' times
+            con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
+            table = con.execute(sql).to_arrow_table()
+            con.execute("pragma disable_profiling")
+            _charge_profile(out, minute_side, z_frame, seconds)
+            return table
+
         bucket_files, bucket_tables = [], {}
-        for k in span:  # the warm-up months' buckets come from earlier quarters' tasks: not charged
-            if k not in shards:
-                continue
-            for name, sql in b.bucket_steps(cfg.sql_dir, base, symbol, k, inputs[k]):
-                latency, ops = timed(name, sql, out)
-                if k < first:
-                    continue
-                if name == b.BUCKETS:
-                    total = sum(o["seconds"] for o in ops) or 1.0
-                    for o in ops:
-                        seconds[_bucket_layer(o)] += latency * o["seconds"] / total
-                else:
-                    seconds[0] += latency
-            bucket_tables[k] = con.execute(b.buckets_of_month_sql(k)).to_arrow_table()
+        for k in (k for k in span if k in shards):
+            query = b.bucket_query(cfg.sql_dir, base, symbol, k, b.bucket_inputs(shards, k))
+            # the warm-up months' buckets are earlier quarters' work: computed, not charged
+            table = profiled(query, True) if k >= first else con.execute(query).to_arrow_table()
             bucket_files.append(Path(tmp) / f"buckets-{k}.parquet")
-            write_atomic(bucket_tables[k], bucket_files[-1])
-        seconds[0] += timed(b.BUCKETS, b.cached_buckets_sql(bucket_files, params), out)[0]
-        for model in block_models:
-            latency, _ = timed(model.name, r.render(env, model, b._with_extras(params, models)), out)
-            seconds[_MODEL_LAYER.get(model.name, _MODEL_LAYER.get(model.layer, 5))] += latency
-        table = con.execute("select * from features order by symbol, ts").to_arrow_table()
+            write_atomic(table, bucket_files[-1])
+            if k >= first:
+                bucket_tables[k] = table
+        table = profiled(b.feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files),
+                         False)
         con.close()
         for _ in range(2):  # the second time: without the first Parquet write's one-off set-up
             t0 = time.perf_counter()
@@ -741,15 +755,9 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
                 write_atomic(table.filter(pc.equal(months, m)), Path(tmp) / f"{m}.parquet")
                 if m in bucket_tables:
                     write_atomic(bucket_tables[m], Path(tmp) / f"again-{m}.parquet")
-            seconds[-1] = time.perf_counter() - t0
-        queries = [b.bucket_query(cfg.sql_dir, base, symbol, k, inputs[k]) for k in range(first, last + 1) if k in shards]
-        queries.append(b.feature_query(cfg.sql_dir, params, bucket_files=bucket_files))
-        macros_sql = (Path(cfg.sql_dir) / r.MACROS_FILE).read_text()
-        t0 = time.perf_counter()
-        run_queries(macros_sql, queries)
-        tasks_s = time.perf_counter() - t0
+            seconds[WRITE] = time.perf_counter() - t0
     total = sum(seconds)
-    return {"symbol": symbol, "first": first, "last": last, "steps_s": total, "fused_s": tasks_s,
+    return {"symbol": symbol, "first": first, "last": last, "total_s": total, "months": len(bucket_tables),
             "layers": [{"layer": name, "seconds": sec, "share": sec / total} for name, sec in zip(PROFILE_LAYERS, seconds)]}
 
 
@@ -757,8 +765,8 @@ def format_profile(prof: dict) -> str:
     y0, m0 = divmod(prof["first"], 12)
     y1, m1 = divmod(prof["last"], 12)
     lines = [f"where a block's time goes: {prof['symbol']} {y0:04d}-{m0 + 1:02d}..{y1:04d}-{m1 + 1:02d} plus "
-             f"its warm-up, 1 thread, DuckDB's profiler (each step computed on its own: {prof['steps_s']:.2f}s in all; "
-             f"the build's own queries for it, minute buckets then block: {prof['fused_s']:.2f}s + write)"]
+             f"its warm-up, 1 thread: DuckDB's profiler over the build's own queries for it ({prof['months']} months "
+             f"of minute buckets, then the block), each operator charged to its step; {prof['total_s']:.2f}s in all"]
     for row in prof["layers"]:
         lines.append(f"  {row['layer']:<56} {row['seconds']:6.3f}s {100 * row['share']:5.1f}%  "
                      f"{'#' * round(40 * row['share'])}")

@@ -103,3 +103,46 @@ def test_features_profile_names_every_step_with_shares_that_add_up(tmp_path):
 def test_profile_is_for_the_feature_build_only(tmp_path):
     with pytest.raises(MscaleError, match="mscale bench features --profile"):
         run_bench(make_config(tmp_path), "ingest", quick=True, work_dir=tmp_path / "w", profile=True)
+
+
+def test_profile_charges_each_operator_of_a_query_to_its_step_and_all_of_its_time(tmp_path):
+    """`_charge_profile` on a real DuckDB profile of a minute-bucket-shaped query: the scan, the lag
+    window, the GROUP BY and the trailing-week window each land in their own step, nothing in the
+    block's steps, and the steps add up to the query's whole latency."""
+    import json
+
+    import duckdb
+
+    from mscale import bench_features as bf
+
+    con = duckdb.connect()
+    con.execute("set threads = 1")
+    shard = tmp_path / "minutes.parquet"
+    con.execute(f"""copy (select 'BTCUSDT' as symbol, i as open_time, 100 + sin(i / 50) as close, 1 + i % 7 as volume
+                    from range(200000) r(i)) to '{shard}'""")
+    query = f"""
+        with minute_returns as (
+            select *, ln(close / lag(close) over (partition by symbol order by open_time)) as r
+            from read_parquet('{shard}')
+        ),
+        hour_buckets as (
+            select symbol, open_time // 60 as hour_no, sum(r) as m_ret_60m, count(volume) as n_traded
+            from minute_returns group by all
+        )
+        select *, sum(n_traded) over (partition by symbol order by hour_no range between 168 preceding and 1 preceding) as week_n
+        from hour_buckets
+    """
+    profile = tmp_path / "profile.json"
+    con.execute("pragma enable_profiling = 'json'")
+    con.execute("set profiling_mode = 'detailed'")
+    con.execute(f"pragma profiling_output = '{profile}'")
+    con.execute(query).fetchall()
+    con.execute("pragma disable_profiling")
+
+    seconds = [0.0] * len(bf.PROFILE_LAYERS)
+    bf._charge_profile(profile, True, "ROWS BETWEEN 168 PRECEDING AND 1 PRECEDING", seconds)
+    for step in (bf.READ, bf.LAG, bf.GROUP_BY, bf.WEEK, bf.PLANNING):
+        assert seconds[step] > 0, bf.PROFILE_LAYERS[step]
+    for step in (bf.LONG_MINUTE, bf.HOURLY, bf.Z_SCORES, bf.MART, bf.WRITE):
+        assert seconds[step] == 0, bf.PROFILE_LAYERS[step]
+    assert sum(seconds) == pytest.approx(json.loads(profile.read_text())["latency"], rel=1e-9)
