@@ -699,8 +699,8 @@ def _charge_profile(path: Path, minute_side: bool, z_frame: str, seconds: list[f
 
 def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
     """Where one block's time goes, from DuckDB's profiler over the build's own queries for it: the
-    minute buckets of the quarter's months (`bucket_query`, each from its minutes and the week
-    before), then the block (`feature_query` over the cached buckets and its hourly bars), on one
+    minute buckets of the quarter's months (`bucket_query`, from their minutes and the week before),
+    then the block (`feature_query` over the cached buckets and its hourly bars), on one
     thread as the build runs them, each profiled on its second run. Every operator's own time is
     charged to its step of PROFILE_LAYERS (`_operator_layer`). The write is the quarter's bucket
     and feature files, written as the build writes them."""
@@ -737,14 +737,21 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
             return table
 
         bucket_files, bucket_tables = [], {}
-        for k in (k for k in span if k in shards):
-            query = b.bucket_query(cfg.sql_dir, base, symbol, k, b.bucket_inputs(shards, k))
-            # the warm-up months' buckets are earlier quarters' work: computed, not charged
-            table = profiled(query, True) if k >= first else con.execute(query).to_arrow_table()
-            bucket_files.append(Path(tmp) / f"buckets-{k}.parquet")
-            write_atomic(table, bucket_files[-1])
-            if k >= first:
-                bucket_tables[k] = table
+        months = [k for k in span if k in shards]
+        for run in b.month_runs(months):  # as a full build runs them: one query per run of months in a quarter
+            quarter = [k for k in run if k >= first]
+            for part in ([k for k in run if k < first], quarter):
+                if not part:
+                    continue
+                query = b.bucket_query(cfg.sql_dir, base, symbol, part[0], part[-1], b.bucket_inputs(shards, part[0], part[-1]))
+                # the warm-up months' buckets are earlier quarters' work: computed, not charged
+                table = profiled(query, True) if part is quarter else con.execute(query).to_arrow_table()
+                of_month = month_of_decision(table)
+                for k in part:
+                    bucket_files.append(Path(tmp) / f"buckets-{k}.parquet")
+                    write_atomic(table.filter(pc.equal(of_month, k)), bucket_files[-1])
+                    if part is quarter:
+                        bucket_tables[k] = table.filter(pc.equal(of_month, k))
         table = profiled(b.feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files),
                          False)
         con.close()

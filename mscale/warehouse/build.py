@@ -174,38 +174,41 @@ def cached_buckets_sql(bucket_files: list[Path], params: r.RenderParams) -> str:
             f"where epoch_ms(ts) > {_ms(params.minute_from)} and epoch_ms(ts) <= {_ms(params.minute_to)}")
 
 
-def buckets_of_month_sql(month: int) -> str:
-    """The rows of `feat_min__buckets` that belong to `month`'s cache file: bars opened in it."""
-    start, end = month_bounds(*_month_of(month))
+def buckets_of_months_sql(first: int, last: int) -> str:
+    """The rows of `feat_min__buckets` that belong to the cache files of months first..last: bars
+    opened in them."""
+    start, end = month_bounds(*_month_of(first))[0], month_bounds(*_month_of(last))[1]
     return (f"select * from {BUCKETS}\n"
             f"where epoch_ms(ts) > {_ms(start)} and epoch_ms(ts) <= {_ms(end)}\norder by symbol, ts")
 
 
-def bucket_inputs(minutes: dict[int, list[Path]], month: int) -> tuple[list[Path], list[Path]]:
-    """(window, before) minute shards of one symbol-month of buckets: the month's own and the
-    previous month's (the BUCKET_LOOKBACK window), and the shards the two minutes before that
-    window come from: the previous month's and the latest earlier one's (after a gap the first
-    returns lag on the last minutes before it, however old: CONTRACT §5's previous available bar)."""
-    earlier = [k for k in minutes if k < month - 1]
-    previous = minutes.get(month - 1, [])
-    return previous + minutes.get(month, []), (minutes[max(earlier)] if earlier else []) + previous
+def bucket_inputs(minutes: dict[int, list[Path]], first: int, last: int | None = None) -> tuple[list[Path], list[Path]]:
+    """(window, before) minute shards of one symbol's minute buckets of months first..last (just
+    `first` by default): those months' own and the previous month's (the BUCKET_LOOKBACK window),
+    and the shards the two minutes before that window come from: the previous month's and the
+    latest earlier one's (after a gap the first returns lag on the last minutes before it, however
+    old: CONTRACT §5's previous available bar)."""
+    earlier = [k for k in minutes if k < first - 1]
+    previous = minutes.get(first - 1, [])
+    window = previous + [p for k in range(first, (first if last is None else last) + 1) for p in minutes.get(k, [])]
+    return window, (minutes[max(earlier)] if earlier else []) + previous
 
 
-def bucket_params(base: r.RenderParams, symbol: str, month: int, minute_files: list[Path]) -> r.RenderParams:
-    """Parameters of one symbol-month of minute buckets: `minute_files` from the BUCKET_LOOKBACK
-    before the month to its end."""
-    start, end = month_bounds(*_month_of(month))
+def bucket_params(base: r.RenderParams, symbol: str, first: int, last: int, minute_files: list[Path]) -> r.RenderParams:
+    """Parameters of one symbol's minute buckets of months first..last: `minute_files` from the
+    BUCKET_LOOKBACK before the first month to the end of the last."""
+    start, end = month_bounds(*_month_of(first))[0], month_bounds(*_month_of(last))[1]
     return replace(base, minute_files=minute_files, hourly_files=(), symbols=(symbol,),
                    minute_from=start - BUCKET_LOOKBACK, minute_to=end, sort_staged=False)
 
 
-def bucket_steps(sql_dir: Path, base: r.RenderParams, symbol: str, month: int,
+def bucket_steps(sql_dir: Path, base: r.RenderParams, symbol: str, first: int, last: int,
                  inputs: tuple[list[Path], list[Path]]) -> list[tuple[str, str]]:
-    """(name, SQL) of the steps computing one symbol-month of minute buckets, in order: the staged
-    minutes of the BUCKET_LOOKBACK window, the two minutes before it (read from the shards without
-    staging, newest first), both together, and `feat_min__buckets` over them."""
+    """(name, SQL) of the steps computing one symbol's minute buckets of months first..last, in
+    order: the staged minutes of the BUCKET_LOOKBACK window, the two minutes before it (read from
+    the shards without staging, newest first), both together, and `feat_min__buckets` over them."""
     window, before = inputs
-    params = bucket_params(base, symbol, month, window)
+    params = bucket_params(base, symbol, first, last, window)
     env = r.environment(sql_dir)
     model = {m.name: m for m in r.discover(sql_dir) if m.name in ("src_klines_1m", "klines_1m", BUCKETS)}
     steps = [("src_klines_1m", r.render(env, model["src_klines_1m"], params)),
@@ -221,14 +224,16 @@ def bucket_steps(sql_dir: Path, base: r.RenderParams, symbol: str, month: int,
     return steps + [(BUCKETS, r.render(env, model[BUCKETS], params))]
 
 
-def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, month: int,
+def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, first: int, last: int,
                  inputs: tuple[list[Path], list[Path]]) -> str:
-    """`feat_min__buckets` of one symbol-month, the unit the minute buckets are cached in: the hours
-    whose bar opens in `month` (ts in (month start, month end]), from `bucket_steps` over
-    `inputs` (`bucket_inputs`). Always the same rows for the same month, so the same bits, and the
-    same values as the live view."""
-    ctes = [f"{name} as (\n{sql}\n)" for name, sql in bucket_steps(sql_dir, base, symbol, month, inputs)]
-    return "with\n" + ",\n".join(ctes) + "\n" + buckets_of_month_sql(month)
+    """`feat_min__buckets` of one symbol's months first..last, the rows of their monthly cache files:
+    the hours whose bar opens in them (ts in (first's start, last's end]), from `bucket_steps` over
+    `inputs` (`bucket_inputs(minutes, first, last)`). A month's rows are the same bits whichever
+    run of months computes them (one month in a refresh, a quarter in a full build): each hour's
+    aggregates read only its own minutes, in time order, and the only sums across hours, the
+    trailing week's, add in fixed point. And the same values as the live view."""
+    ctes = [f"{name} as (\n{sql}\n)" for name, sql in bucket_steps(sql_dir, base, symbol, first, last, inputs)]
+    return "with\n" + ",\n".join(ctes) + "\n" + buckets_of_months_sql(first, last)
 
 
 def _ms(value: datetime) -> int:
@@ -521,7 +526,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     staging_root = cfg.derived_dir / ".staging"
     staging = staging_root / uuid.uuid4().hex
     macros_sql = (Path(cfg.sql_dir) / r.MACROS_FILE).read_text()
-    units: dict[tuple[str, int], str] = {}  # the query of each symbol-month of minute buckets to compute
+    units: set[tuple[str, int]] = set()  # the symbol-months of minute buckets to compute
     unit_manifest: dict[tuple[str, int], tuple[str, dict]] = {}
     blocks: list[Block] = []
     wanted_of: dict[tuple[str, str], list[tuple[str, dict]]] = {}  # manifest entries a task brings up to date
@@ -557,7 +562,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
                 unit_key = f"{symbol}/m{k}"
                 if (symbol, k) not in units and (manifest.get(unit_key) != unit_wanted[k]
                                                  or not bucket_path(cfg, symbol, k).exists()):
-                    units[(symbol, k)] = bucket_query(cfg.sql_dir, base, symbol, k, unit_inputs[k])
+                    units.add((symbol, k))
                     unit_manifest[(symbol, k)] = (unit_key, unit_wanted[k])
                 staged_unit = staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)
                 bucket_files.append(staged_unit if (symbol, k) in units else bucket_path(cfg, symbol, k))
@@ -567,7 +572,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             query = feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files)
             blocks.append(Block(symbol, label, macros_sql, (query,), tuple(out_months), staged, cfg.features.memory_limit))
             wanted_of[(symbol, label)] = [(key, wanted)]
-    bucket_blocks = _bucket_tasks(cfg, units, unit_manifest, staging, macros_sql, wanted_of)
+    bucket_blocks = _bucket_tasks(cfg, base, units, unit_manifest, minute_shards, staging, macros_sql, wanted_of)
 
     from mscale.interrupts import check_interrupted, deferred_interrupt
 
@@ -603,17 +608,26 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     return result
 
 
-def _bucket_tasks(cfg: Config, units: dict[tuple[str, int], str], unit_manifest: dict[tuple[str, int], tuple[str, dict]],
+def month_runs(months: list[int]) -> list[list[int]]:
+    """Sorted month indexes cut into runs of consecutive months."""
+    return [[k for _, k in run] for _, run in itertools.groupby(enumerate(months), key=lambda ik: ik[1] - ik[0])]
+
+
+def _bucket_tasks(cfg: Config, base: r.RenderParams, units: set[tuple[str, int]],
+                  unit_manifest: dict[tuple[str, int], tuple[str, dict]], minute_shards: dict[str, dict[int, list[Path]]],
                   staging: Path, macros_sql: str, wanted_of: dict[tuple[str, str], list[tuple[str, dict]]]) -> list[Block]:
-    """The minute buckets to compute as tasks, one per symbol and quarter (its months' queries on one
-    connection); `wanted_of` gets the manifest entries each task brings up to date."""
+    """The minute buckets to compute as tasks, one per symbol and quarter, one query per run of
+    consecutive months in it (`bucket_query`); `wanted_of` gets the manifest entries each task
+    brings up to date."""
     tasks = []
     for (symbol, _), group in itertools.groupby(sorted(units), key=lambda u: (u[0], u[1] // BLOCK_MONTHS)):
         months = [k for _, k in group]
+        queries = tuple(bucket_query(cfg.sql_dir, base, symbol, run[0], run[-1],
+                                     bucket_inputs(minute_shards[symbol], run[0], run[-1])) for run in month_runs(months))
         first, last = ("%04d-%02d" % _month_of(k) for k in (months[0], months[-1]))
         label = f"{first}..{last[-2:]} minute buckets" if len(months) > 1 else f"{first} minute buckets"
         tasks.append(Block(
-            symbol, label, macros_sql, tuple(units[(symbol, k)] for k in months), tuple(months),
+            symbol, label, macros_sql, queries, tuple(months),
             tuple(str(staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)) for k in months),
             cfg.features.memory_limit))
         wanted_of[(symbol, label)] = [unit_manifest[(symbol, k)] for k in months]

@@ -3,6 +3,11 @@
 -- purpose: right-closed minute->hour aggregates: every minute with close_time in (ts - 1 h, ts] feeds ts, nothing later
 {% import 'macros/windows.sql' as w %}
 {%- set trailing_week = 'range between 168 preceding and 1 preceding' %}
+{#- the week's log-volume sums add up in fixed point, in units of 2^-32: integer sums are exact, so
+    the same in any order, and a bucket's reference does not depend on which rows its query started
+    from (a float window sum does, by the last bit). Per-bucket sums are at most 60 * ln(max double)^2,
+    far inside a BIGINT at this scale. -#}
+{%- set fixed_point = 4294967296 %}
 
 with minutes as (
     select * from klines_1m
@@ -77,8 +82,8 @@ trailing_week_sums as (
     select
         *,
         {{ w.rolling('sum', 'n_traded', trailing_week) }} as week_n,
-        {{ w.rolling('sum', 'sum_log_volume', trailing_week) }} as week_s1,
-        {{ w.rolling('sum', 'sum_log_volume_sq', trailing_week) }} as week_s2,
+        {{ w.rolling('sum', 'round(sum_log_volume * ' ~ fixed_point ~ ')::bigint', trailing_week) }} / {{ fixed_point }} as week_s1,
+        {{ w.rolling('sum', 'round(sum_log_volume_sq * ' ~ fixed_point ~ ')::bigint', trailing_week) }} / {{ fixed_point }} as week_s2,
     from hour_buckets
 ),
 
