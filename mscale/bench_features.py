@@ -619,7 +619,7 @@ def mark_rows(rows: list[dict], report) -> None:
         report.row(f"full build / DuckDB scan floor, {what}", f"{r['full_over_scan']:.1f}x",
                    f"<= {TARGET_SCAN_RATIO:g}x", r["full_over_scan"] <= TARGET_SCAN_RATIO)
         if r.get("one_statement_over_scan") is not None:
-            report.row(f"the SQL's own cost: whole mart in one statement / scan floor, {what}",
+            report.row(f"whole mart in one statement / scan floor, {what}",
                        f"{r['one_statement_over_scan']:.1f}x")
         if r.get("core_vs_pandas") is not None:
             report.row(f"core minute columns vs pandas (same template, those columns only), {what}",
@@ -686,7 +686,7 @@ def _operator_layer(op: dict, child_layers: list[int], minute_side: bool, z_fram
                           and not (name == "HASH_GROUP_BY" and minute_side)):
         return READ
     if name == "WINDOW":
-        if "LAG(" in text:
+        if "LAG(" in text and minute_side:  # the block's hourly bars lag too: that is the hourly step
             return LAG
         if "n_traded" in text or "sum_log_volume" in text:
             return WEEK

@@ -146,3 +146,13 @@ def test_profile_charges_each_operator_of_a_query_to_its_step_and_all_of_its_tim
     for step in (bf.LONG_MINUTE, bf.HOURLY, bf.Z_SCORES, bf.MART, bf.WRITE):
         assert seconds[step] == 0, bf.PROFILE_LAYERS[step]
     assert sum(seconds) == pytest.approx(json.loads(profile.read_text())["latency"], rel=1e-9)
+
+    # the block's hourly bars lag on the previous bar too: on the block's side that is the hourly step
+    con.execute("pragma enable_profiling = 'json'")
+    con.execute("set profiling_mode = 'detailed'")
+    con.execute(f"pragma profiling_output = '{profile}'")
+    con.execute(f"select *, lag(close) over (partition by symbol order by open_time) as prev_close from read_parquet('{shard}')").fetchall()
+    con.execute("pragma disable_profiling")
+    block = [0.0] * len(bf.PROFILE_LAYERS)
+    bf._charge_profile(profile, False, "ROWS BETWEEN 168 PRECEDING AND 1 PRECEDING", block)
+    assert block[bf.HOURLY] > 0 and block[bf.LAG] == 0 and block[bf.READ] > 0

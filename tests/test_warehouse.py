@@ -111,6 +111,61 @@ def test_minute_closing_exactly_at_ts_is_in_and_later_ones_are_out(tmp_path):
     assert _row(late, ts + HOUR)["m_n_60m"] == 61  # it belongs to the next decision time
 
 
+def test_burst_and_pressure_follow_their_definitions_through_halts_missing_prices_and_bad_volumes(tmp_path):
+    """m_burst_{5,15,60}m and m_pressure_15m against CONTRACT §5 written out in numpy, over 9 days
+    of minutes with zero-volume halts, a few NULL closes and a NaN volume (bad data: the minute
+    buckets must not fail on it; their log-volume sums add in fixed point): the trailing week's traded minutes (finite volume > 0) fit
+    mu and sigma; a burst is a finite volume above exp(mu + 1.6449 sigma); the pressure is the mean,
+    over W_15's minutes with both a sign and a log-volume, of sign(close - open) * (ln v - mu) / sigma."""
+    n = 9 * 24 * 60
+    minutes = random_minutes("EDGEUSDT", T0, n, seed=12)
+    write_market(make_config(tmp_path), minutes)
+    cfg = make_config(tmp_path)
+    shard = list_shards(cfg.market_dir, "1m")[0].path
+    table = pq.read_table(shard)
+    rng = np.random.default_rng(1)
+    close = table.column("close").to_numpy().astype(float)
+    volume = table.column("volume").to_numpy().astype(float)
+    null_close = np.zeros(n, dtype=bool)
+    null_close[rng.choice(np.arange(8 * 24 * 60, n), 40, replace=False)] = True  # in the last day, where the reference exists
+    volume[n - 500] = np.nan
+    table = table.set_column(table.schema.get_field_index("close"), "close", pa.array(close, mask=null_close))
+    table = table.set_column(table.schema.get_field_index("volume"), "volume", pa.array(volume))
+    pq.write_table(table, shard)
+
+    from mscale.warehouse.build import bucket_inputs, bucket_query, shards_by_month
+    from mscale.warehouse.executors import run_queries
+
+    month = 2024 * 12  # January 2024: the 9 days
+    query = bucket_query(cfg.sql_dir, r.params_from_config(cfg), "EDGEUSDT", month, month,
+                         bucket_inputs(shards_by_month(cfg.market_dir, "1m")["EDGEUSDT"], month, month))
+    (buckets,) = run_queries((cfg.sql_dir / r.MACROS_FILE).read_text(), [query])
+    got = buckets.to_pandas().set_index("ts")
+    open_ = table.column("open").to_numpy().astype(float)
+    close_ms = table.column("close_time").cast(pa.int64()).to_numpy()
+    traded = (volume > 0) & np.isfinite(volume)
+    log_volume = np.where(traded, np.log(np.where(traded, volume, 1.0)), np.nan)
+    sign = np.where(null_close, np.nan, np.sign(close - open_))
+    checked = {"burst": 0, "pressure": 0}
+    for ts in range(T0 + HOUR, T0 + n * MIN + 1, HOUR):
+        week = (close_ms > ts - 169 * HOUR) & (close_ms <= ts - HOUR) & traded
+        row = got.loc[pd.Timestamp(ts, unit="ms", tz="UTC")]
+        if week.sum() < 5040:
+            assert pd.isna(row["m_burst_60m"]) and pd.isna(row["m_pressure_15m"])
+            continue
+        mu, sigma = log_volume[week].mean(), log_volume[week].std()
+        threshold = np.exp(mu + 1.6448536269514722 * sigma)
+        for w in (5, 15, 60):
+            window = (close_ms > ts - w * MIN) & (close_ms <= ts)
+            assert row[f"m_burst_{w}m"] == np.sum(np.isfinite(volume[window]) & (volume[window] > threshold)), (ts, w)
+            checked["burst"] += 1
+        w15 = (close_ms > ts - 15 * MIN) & (close_ms <= ts) & ~np.isnan(sign) & traded
+        want = np.mean(sign[w15] * (log_volume[w15] - mu) / sigma)
+        assert row["m_pressure_15m"] == pytest.approx(want, rel=1e-9, abs=1e-12), ts
+        checked["pressure"] += 1
+    assert checked["burst"] > 300 and checked["pressure"] > 100
+
+
 def test_a_missing_minute_changes_coverage_and_nothing_breaks(tmp_path):
     cfg = make_config(tmp_path)
     _edge_market(cfg, drop_open_ms=(T0 + 30 * MIN,))
@@ -289,7 +344,7 @@ def test_a_months_minute_buckets_are_the_same_bits_alone_or_in_a_run_of_months(t
     (run,) = run_queries(macros, [bucket_query(cfg.sql_dir, base, "BTCUSDT", first, last, bucket_inputs(minutes, first, last))])
     of_month = month_of_decision(run)
     for k in range(first, last + 1):
-        (alone,) = run_queries(macros, [bucket_query(cfg.sql_dir, base, "BTCUSDT", k, k, bucket_inputs(minutes, k))])
+        (alone,) = run_queries(macros, [bucket_query(cfg.sql_dir, base, "BTCUSDT", k, k, bucket_inputs(minutes, k, k))])
         in_run = run.filter(pa.compute.equal(of_month, k))
         assert alone.num_rows > 600 and alone.column("m_pressure_15m").null_count < alone.num_rows / 2
         assert alone.equals(in_run), [c for c in alone.column_names if not alone.column(c).equals(in_run.column(c))]

@@ -174,39 +174,50 @@ def cached_buckets_sql(bucket_files: list[Path], params: r.RenderParams) -> str:
             f"where epoch_ms(ts) > {_ms(params.minute_from)} and epoch_ms(ts) <= {_ms(params.minute_to)}")
 
 
+def months_bounds(first: int, last: int) -> tuple[datetime, datetime]:
+    """[start of month `first`, end of month `last`) of two month indexes."""
+    return month_bounds(*_month_of(first))[0], month_bounds(*_month_of(last))[1]
+
+
 def buckets_of_months_sql(first: int, last: int) -> str:
     """The rows of `feat_min__buckets` that belong to the cache files of months first..last: bars
     opened in them."""
-    start, end = month_bounds(*_month_of(first))[0], month_bounds(*_month_of(last))[1]
+    start, end = months_bounds(first, last)
     return (f"select * from {BUCKETS}\n"
             f"where epoch_ms(ts) > {_ms(start)} and epoch_ms(ts) <= {_ms(end)}\norder by symbol, ts")
 
 
-def bucket_inputs(minutes: dict[int, list[Path]], first: int, last: int | None = None) -> tuple[list[Path], list[Path]]:
-    """(window, before) minute shards of one symbol's minute buckets of months first..last (just
-    `first` by default): those months' own and the previous month's (the BUCKET_LOOKBACK window),
+def bucket_inputs(minutes: dict[int, list[Path]], first: int, last: int) -> tuple[list[Path], list[Path]]:
+    """(window, before) minute shards of one symbol's minute buckets of months first..last: those
+    months' own and the previous month's (the BUCKET_LOOKBACK window),
     and the shards the two minutes before that window come from: the previous month's and the
     latest earlier one's (after a gap the first returns lag on the last minutes before it, however
     old: CONTRACT §5's previous available bar)."""
     earlier = [k for k in minutes if k < first - 1]
     previous = minutes.get(first - 1, [])
-    window = previous + [p for k in range(first, (first if last is None else last) + 1) for p in minutes.get(k, [])]
+    window = previous + [p for k in range(first, last + 1) for p in minutes.get(k, [])]
     return window, (minutes[max(earlier)] if earlier else []) + previous
 
 
 def bucket_params(base: r.RenderParams, symbol: str, first: int, last: int, minute_files: list[Path]) -> r.RenderParams:
     """Parameters of one symbol's minute buckets of months first..last: `minute_files` from the
     BUCKET_LOOKBACK before the first month to the end of the last."""
-    start, end = month_bounds(*_month_of(first))[0], month_bounds(*_month_of(last))[1]
+    start, end = months_bounds(first, last)
     return replace(base, minute_files=minute_files, hourly_files=(), symbols=(symbol,),
                    minute_from=start - BUCKET_LOOKBACK, minute_to=end, sort_staged=False)
 
 
-def bucket_steps(sql_dir: Path, base: r.RenderParams, symbol: str, first: int, last: int,
-                 inputs: tuple[list[Path], list[Path]]) -> list[tuple[str, str]]:
-    """(name, SQL) of the steps computing one symbol's minute buckets of months first..last, in
-    order: the staged minutes of the BUCKET_LOOKBACK window, the two minutes before it (read from
-    the shards without staging, newest first), both together, and `feat_min__buckets` over them."""
+def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, first: int, last: int,
+                 inputs: tuple[list[Path], list[Path]]) -> str:
+    """`feat_min__buckets` of one symbol's months first..last, the rows of their monthly cache files:
+    the hours whose bar opens in them (ts in (first's start, last's end]), over `inputs`
+    (`bucket_inputs`): the staged minutes of the BUCKET_LOOKBACK window and the two minutes before
+    it (read from the shards without staging, newest first).
+
+    A month's rows are the same bits whichever run of months computes them (a quarter in a full
+    build, the changed months in a refresh): each hour's aggregates read only its own minutes, in
+    time order, and the only sums across hours, the trailing week's, add in fixed point. And the
+    same values as the live view."""
     window, before = inputs
     params = bucket_params(base, symbol, first, last, window)
     env = r.environment(sql_dir)
@@ -221,18 +232,8 @@ def bucket_steps(sql_dir: Path, base: r.RenderParams, symbol: str, first: int, l
                   ("klines_1m", "select * from klines_1m_window union all by name select * from klines_1m_before")]
     else:
         steps += [("klines_1m", "select * from klines_1m_window")]
-    return steps + [(BUCKETS, r.render(env, model[BUCKETS], params))]
-
-
-def bucket_query(sql_dir: Path, base: r.RenderParams, symbol: str, first: int, last: int,
-                 inputs: tuple[list[Path], list[Path]]) -> str:
-    """`feat_min__buckets` of one symbol's months first..last, the rows of their monthly cache files:
-    the hours whose bar opens in them (ts in (first's start, last's end]), from `bucket_steps` over
-    `inputs` (`bucket_inputs(minutes, first, last)`). A month's rows are the same bits whichever
-    run of months computes them (one month in a refresh, a quarter in a full build): each hour's
-    aggregates read only its own minutes, in time order, and the only sums across hours, the
-    trailing week's, add in fixed point. And the same values as the live view."""
-    ctes = [f"{name} as (\n{sql}\n)" for name, sql in bucket_steps(sql_dir, base, symbol, first, last, inputs)]
+    steps.append((BUCKETS, r.render(env, model[BUCKETS], params)))
+    ctes = [f"{name} as (\n{sql}\n)" for name, sql in steps]
     return "with\n" + ",\n".join(ctes) + "\n" + buckets_of_months_sql(first, last)
 
 
@@ -474,10 +475,10 @@ def block_params(
 
 def check_sample(cfg: Config, base: r.RenderParams, symbol: str, month: int, minutes: dict[int, list[Path]],
                  hours: dict[int, list[Path]]) -> tuple[r.RenderParams, list[Path]]:
-    """What the live-layer checks read of a block (BLOCK_CHECKS): the cached file of `month`, its
-    last month, and the block's parameters over the shards of that month and the one before (whose
-    minutes feed its first hours). No warm-up: the checks look at keys and at which minutes feed
-    which hour, not at values."""
+    """What the live-layer checks read of a block (BLOCK_CHECKS): the cached file of `month` (the
+    block's last month), and the block's parameters over the shards of that month and the one
+    before (whose minutes feed its first hours). No warm-up: the checks look at keys and at which
+    minutes feed which hour, not at values."""
     months = (month - 1, month)
     return (block_params(base, symbol, month, month, [p for k in months for p in minutes.get(k, [])],
                          [p for k in months for p in hours.get(k, [])]),
@@ -534,7 +535,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
         hours = hourly_shards[symbol]
         minutes = minute_shards.get(symbol, {})
         # each month's minute buckets: the shards they read, and the manifest entry they need
-        unit_inputs = {k: bucket_inputs(minutes, k) for k in minutes}
+        unit_inputs = {k: bucket_inputs(minutes, k, k) for k in minutes}
         unit_wanted = {k: {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(sorted(set(w + b)))}
                        for k, (w, b) in unit_inputs.items()}
         for block in sorted({m // BLOCK_MONTHS for m in hours if in_range(m)}):

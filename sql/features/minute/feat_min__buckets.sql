@@ -5,8 +5,8 @@
 {%- set trailing_week = 'range between 168 preceding and 1 preceding' %}
 {#- the week's log-volume sums add up in fixed point, in units of 2^-32: integer sums are exact, so
     the same in any order, and a bucket's reference does not depend on which rows its query started
-    from (a float window sum does, by the last bit). Per-bucket sums are at most 60 * ln(max double)^2,
-    far inside a BIGINT at this scale. -#}
+    from (a float window sum does, by the last bit). A bucket's sums of finite log-volumes are at
+    most 60 * 745^2 (subnormal to largest double), about 1.4e17 in these units: inside a BIGINT. -#}
 {%- set fixed_point = 4294967296 %}
 
 with minutes as (
@@ -27,8 +27,9 @@ minute_returns as (
         quote_volume,
         ln(close / lag(close) over by_minute) as r,
         ln(lag(close) over by_minute / lag(close, 2) over by_minute) as r_prev,
-        -- zero-volume minutes (halts) have no log-volume; nullif keeps ln() away from them
-        ln(nullif(volume, 0)) as log_volume,
+        -- halts (zero volume) and bad data (a non-finite volume) have no log-volume
+        case when volume > 0 and isfinite(volume) then ln(volume) end as log_volume,
+        sign(close - open) * case when volume > 0 and isfinite(volume) then ln(volume) end as signed_log_volume,
         epoch_ms(close_time) as close_ms,
         decision_ms(close_time) as ts_ms,
     from minutes
@@ -61,14 +62,15 @@ hour_buckets as (
         {%- endfor %}
         {{ w.covered(60, 'ln(max(high) / min(low))') }} as m_range_60m,
         {{ w.covered(60, 'ln(arg_max(close, close_time) / (sum(quote_volume) / nullif(sum(volume), 0)))') }} as m_vwap_div_60m,
-        -- the minutes' volumes, counted against the burst threshold below
+        -- the minutes' (finite) volumes, counted against the burst threshold below
         {%- for wm in minute_windows %}
-        {{ w.covered(wm, 'list(volume) filter (where ' ~ w.in_window(wm) ~ ')') }} as volumes_{{ wm }}m,
+        {{ w.covered(wm, 'list(volume) filter (where isfinite(volume) and ' ~ w.in_window(wm) ~ ')') }} as volumes_{{ wm }}m,
         {%- endfor %}
-        -- sums of sign(close - open) * ln(volume) and of the sign over W_15's traded minutes, for the pressure
-        {{ w.covered(15, 'sum(sign(close - open) * log_volume) filter (where ' ~ w.in_window(15) ~ ')') }} as signed_log_volume_15m,
-        sum(sign(close - open)) filter (where log_volume is not null and {{ w.in_window(15) }}) as signed_traded_15m,
-        count(log_volume) filter (where {{ w.in_window(15) }}) as traded_15m,
+        -- for the pressure, over W_15's minutes with a signed log-volume: the sum of those, of their
+        -- signs, and their number
+        {{ w.covered(15, 'sum(signed_log_volume) filter (where ' ~ w.in_window(15) ~ ')') }} as signed_log_volume_15m,
+        sum(sign(close - open)) filter (where signed_log_volume is not null and {{ w.in_window(15) }}) as signed_traded_15m,
+        count(signed_log_volume) filter (where {{ w.in_window(15) }}) as traded_15m,
         -- pre-aggregates of the bucket's minute log-volume, for the trailing 7-day volume distribution
         count(log_volume) as n_traded,
         sum(log_volume) as sum_log_volume,
@@ -88,12 +90,13 @@ trailing_week_sums as (
 ),
 
 volume_reference as (
-    -- log-normal fit of the trailing week's minute volume; burst threshold = its 95th percentile;
-    -- NULL below 5040 traded minutes (half the week's)
+    -- log-normal fit of the trailing week's minute volume and its 95th percentile, the burst
+    -- threshold; NULL below 5040 traded minutes (half the week's)
     select
         *,
         case when week_n >= 5040 then week_s1 / week_n end as log_volume_mean,
         case when week_n >= 5040 then sqrt(greatest(week_s2 / week_n - (week_s1 / week_n) ^ 2, 0)) end as log_volume_sd,
+        exp(log_volume_mean + 1.6448536269514722 * log_volume_sd) as burst_threshold,
     from trailing_week_sums
 ),
 
@@ -102,14 +105,12 @@ final as (
         symbol,
         to_timestamp(ts_ms // 1000) as ts,
         * exclude (symbol, ts_ms, hour_no, n_traded, sum_log_volume, sum_log_volume_sq, week_n, week_s1, week_s2,
-                   log_volume_mean, log_volume_sd, signed_log_volume_15m, signed_traded_15m, traded_15m,
+                   log_volume_mean, log_volume_sd, burst_threshold, signed_log_volume_15m, signed_traded_15m, traded_15m,
                    {%- for wm in minute_windows %} volumes_{{ wm }}m{{ ',' if not loop.last }}{% endfor %}),
         {%- for wm in minute_windows %}
-        case when log_volume_mean is not null then
-            len(list_filter(volumes_{{ wm }}m, lambda v: v > exp(log_volume_mean + 1.6448536269514722 * log_volume_sd)))
-        end as m_burst_{{ wm }}m,
+        case when burst_threshold is not null then len(list_filter(volumes_{{ wm }}m, lambda v: v > burst_threshold)) end as m_burst_{{ wm }}m,
         {%- endfor %}
-        -- mean over W_15's traded minutes of sign(close - open) * (ln volume - mean) / sd
+        -- mean over those minutes of sign(close - open) * (ln volume - mean) / sd
         (signed_log_volume_15m - log_volume_mean * signed_traded_15m) / nullif(log_volume_sd, 0) / nullif(traded_15m, 0) as m_pressure_15m,
     from volume_reference
 )
