@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mscale.config import Config, load_config, with_market
 from mscale.errors import MscaleError
+from mscale.names import MARKETS
 
 log = logging.getLogger("mscale")
 
@@ -44,7 +45,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _market(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--market", default=None, choices=["spot", "um"],
+    p.add_argument("--market", default=None, choices=MARKETS,
                    help="spot (default) or um (USDⓈ-M futures: data under <data dir>/um/, warehouse/mscale_um.duckdb)")
 
 
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", default="1m", help="1m or 1h (default 1m)")
     p.add_argument("--source", default="bulk", choices=["bulk", "rest", "auto"],
                    help="bulk: the monthly/daily archive files (default); rest: the klines REST API; auto: the archive, then REST for what it lacks")
-    p.add_argument("--market", default=None, choices=["spot", "um"], help="spot (default) or USDⓈ-M futures")
+    p.add_argument("--market", default=None, choices=MARKETS, help="spot (default) or USDⓈ-M futures")
     p.add_argument("--base-url", help="REST base URL (default [ingest] base_url, https://data-api.binance.vision)")
     p.add_argument("--archive-url", help="bulk archive base URL (default [ingest] archive_url, https://data.binance.vision)")
     p.add_argument("--pace-ms", type=int, help="pause between REST calls in milliseconds (default [ingest] pace_ms, 250)")
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("paths", nargs="+", type=Path,
                    help="Binance archive zips or CSVs (files or folders) and freqtrade-style JSON files")
-    p.add_argument("--market", default=None, choices=["spot", "um"],
+    p.add_argument("--market", default=None, choices=MARKETS,
                    help="spot or um (USDⓈ-M futures); default: what the path says (spot/, futures/um/, a *-futures.json), "
                    "else the config's market; a value the path contradicts is an error")
     p.add_argument("--symbol", help="symbol, when file names do not say it")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mscale.errors import MscaleError
+from mscale.names import MARKETS
 
 DEFAULT_BASE_URL = "https://data-api.binance.vision"  # the public market-data host
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
@@ -301,7 +302,7 @@ def load_config(
         return root / raw.get(key, default)
 
     mk = market or raw.get("market", "spot")
-    if mk not in ("spot", "um"):
+    if mk not in MARKETS:
         where = "--market" if market else f"{toml_path}: market"
         raise MscaleError(f"{where} = {mk!r} is not a market mscale reads: use \"spot\" or \"um\" (USDⓈ-M futures; "
                           "coin-M is not supported)")

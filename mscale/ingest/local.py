@@ -44,13 +44,13 @@ from mscale.ingest.archive import (
     unzip_single_csv,
     verify_checksum,
 )
+from mscale.names import MARKETS
 from mscale.schema import INTERVAL_MS, INTERVALS, SYMBOL_RE, validate_interval, validate_symbol
 from mscale.store import ANOMALY_FLAGS, write_klines
 
 log = logging.getLogger("mscale.ingest.local")
 
 SUFFIXES = (".zip", ".csv", ".json", ".json.gz")
-MARKETS = ("spot", "um")
 
 _INTERVAL_TOKEN = r"(\d+[smhdwM])"
 # BTCUSDT-1m-2023-08 / BTCUSDT-1m-2023-08-01 (archive monthly / daily)

@@ -116,14 +116,10 @@ def _finite(obj: Any) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
+    """json.dumps's fallback for what `_finite` leaves that JSON has no type for (numbers and
+    numpy scalars never get here)."""
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, float) and value != value:
-        return None
     return str(value)
 
 
