@@ -32,13 +32,20 @@ end
 {{ z_over(col, 'rows between ' ~ n ~ ' preceding and 1 preceding', (n + 1) // 2) }}
 {%- endmacro %}
 
-{#- FILTER predicate: minute bars in the window of w minutes at ts, i.e. close_time in (ts - w, ts],
+{#- predicate: minute bars in the window of w minutes at ts, i.e. close_time in (ts - w, ts],
     on epoch milliseconds (close_ms, ts_ms) -#}
 {% macro in_window(w) -%}
 close_ms > ts_ms - {{ w * 60000 }}
 {%- endmacro %}
 
+{#- `expr` for the minute bars in the window of w minutes at ts, NULL for the others, which
+    aggregates skip: sum({{ within(15, 'r') }}) sums r over the last 15 minutes. (A CASE, not a
+    FILTER clause: the same rows and bits, about a tenth faster in DuckDB 1.5.) -#}
+{% macro within(w, expr) -%}
+case when {{ in_window(w) }} then {{ expr }} end
+{%- endmacro %}
+
 {#- a minute aggregate, NULL when its window holds fewer than half its bars -#}
 {% macro covered(w, expr) -%}
-case when 2 * count(*) filter (where {{ in_window(w) }}) >= {{ w }} then {{ expr }} end
+case when 2 * count({{ within(w, '1') }}) >= {{ w }} then {{ expr }} end
 {%- endmacro %}

@@ -46,19 +46,19 @@ hour_buckets as (
         count(*) as m_n_60m,
         max(close_time) as m_last_close_time,
         {%- for wm in minute_windows %}
-        {{ w.covered(wm, 'sum(r) filter (where ' ~ w.in_window(wm) ~ ')') }} as m_ret_{{ wm }}m,
+        {{ w.covered(wm, 'sum(' ~ w.within(wm, 'r') ~ ')') }} as m_ret_{{ wm }}m,
         {%- endfor %}
         {%- for wm in minute_windows if wm >= 15 %}
-        {{ w.covered(wm, 'sqrt(sum(r * r) filter (where ' ~ w.in_window(wm) ~ '))') }} as m_rv_{{ wm }}m,
+        {{ w.covered(wm, 'sqrt(sum(' ~ w.within(wm, 'r * r') ~ '))') }} as m_rv_{{ wm }}m,
         {%- endfor %}
         {{ w.covered(60, 'pi() / 2 * sum(abs(r) * abs(r_prev))') }} as m_bpv_60m,
         {%- for wm in minute_windows if wm >= 15 %}
-        {{ w.covered(wm, 'skewness(r) filter (where ' ~ w.in_window(wm) ~ ')') }} as m_skew_{{ wm }}m,
-        {{ w.covered(wm, 'kurtosis(r) filter (where ' ~ w.in_window(wm) ~ ')') }} as m_kurt_{{ wm }}m,
+        {{ w.covered(wm, 'skewness(' ~ w.within(wm, 'r') ~ ')') }} as m_skew_{{ wm }}m,
+        {{ w.covered(wm, 'kurtosis(' ~ w.within(wm, 'r') ~ ')') }} as m_kurt_{{ wm }}m,
         {%- endfor %}
         {%- for wm in minute_windows %}
-        {{ w.covered(wm, 'sum(volume) filter (where ' ~ w.in_window(wm) ~ ')') }} as m_vol_sum_{{ wm }}m,
-        {{ w.covered(wm, 'avg(volume) filter (where ' ~ w.in_window(wm) ~ ')') }} as m_vol_mean_{{ wm }}m,
+        {{ w.covered(wm, 'sum(' ~ w.within(wm, 'volume') ~ ')') }} as m_vol_sum_{{ wm }}m,
+        {{ w.covered(wm, 'avg(' ~ w.within(wm, 'volume') ~ ')') }} as m_vol_mean_{{ wm }}m,
         {%- endfor %}
         {{ w.covered(60, 'ln(max(high) / min(low))') }} as m_range_60m,
         {{ w.covered(60, 'ln(arg_max(close, close_time) / (sum(quote_volume) / nullif(sum(volume), 0)))') }} as m_vwap_div_60m,
@@ -68,9 +68,9 @@ hour_buckets as (
         {%- endfor %}
         -- for the pressure, over W_15's minutes with a signed log-volume: the sum of those, of their
         -- signs, and their number
-        {{ w.covered(15, 'sum(signed_log_volume) filter (where ' ~ w.in_window(15) ~ ')') }} as signed_log_volume_15m,
+        {{ w.covered(15, 'sum(' ~ w.within(15, 'signed_log_volume') ~ ')') }} as signed_log_volume_15m,
         sum(sign(close - open)) filter (where signed_log_volume is not null and {{ w.in_window(15) }}) as signed_traded_15m,
-        count(signed_log_volume) filter (where {{ w.in_window(15) }}) as traded_15m,
+        count({{ w.within(15, 'signed_log_volume') }}) as traded_15m,
         -- pre-aggregates of the bucket's minute log-volume, for the trailing 7-day volume distribution
         count(log_volume) as n_traded,
         sum(log_volume) as sum_log_volume,
