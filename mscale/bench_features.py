@@ -654,7 +654,7 @@ PROFILE_LAYERS = (
     "mart join and sort",
     "query planning (bind, optimise)",
     "not timed per operator (sort merges, set-up)",
-    "write (Parquet per month)",
+    "split by month and write (Parquet)",
 )
 READ, LAG, GROUP_BY, WEEK, LONG_MINUTE, HOURLY, Z_SCORES, MART, PLANNING, UNTIMED, WRITE = range(len(PROFILE_LAYERS))
 _PLANNING_METRICS = ("planner", "all_optimizers", "physical_planner")  # of profiling_mode = 'detailed'
@@ -710,7 +710,9 @@ def _charge_profile(path: Path, minute_side: bool, z_frame: str, seconds: list[f
     prof = json.loads(path.read_text())
 
     def walk(node: dict, root: bool) -> int:
-        child_layers = [walk(child, False) for child in node.get("children", [])]
+        # the rows a task stages into its table (`stage_rows`): what feeds the insert is the query's result
+        stages = node.get("operator_name", "").strip() in ("CREATE_TABLE_AS", "INSERT")
+        child_layers = [walk(child, root and stages) for child in node.get("children", [])]
         extra = node.get("extra_info", {})
         detail = extra.get("Projections") or extra.get("Aggregates") or extra.get("Conditions") or extra.get("Order By") or ""
         op = {"operator": node.get("operator_name", "?").strip(), "root": root,
@@ -734,15 +736,13 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
     then the block (`feature_query` over the cached buckets and its hourly bars), on one
     thread as the build runs them, each profiled on its second run. Every operator's own time is
     charged to its step of PROFILE_LAYERS (`_operator_layer`). The write is the quarter's bucket
-    and feature files, written as the build writes them."""
+    and feature files, split and written as the build writes them."""
     import tempfile
-
-    import pyarrow.compute as pc
 
     from mscale.store import write_atomic
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
-    from mscale.warehouse.executors import month_of_decision
+    from mscale.warehouse.executors import split_rows, stage_rows, task_connection
 
     base = r.params_from_config(cfg)
     params = _block_params(cfg, symbol, first, last)
@@ -751,21 +751,18 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
     shards = b.shards_by_month(cfg.market_dir, "1m").get(symbol, {})
     z_frame = f"ROWS BETWEEN {params.z_window} PRECEDING AND 1 PRECEDING"
     seconds = [0.0] * len(PROFILE_LAYERS)
-    con = b.connect()
-    con.execute("set threads = 1")
-    b.install_macros(con, cfg.sql_dir)
+    con = task_connection((Path(cfg.sql_dir) / r.MACROS_FILE).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.json"
 
-        def profiled(sql: str, minute_side: bool):
-            con.execute(sql).fetchall()  # the first run pays the process's one-off set-up
+        def profiled(sql: str, minute_side: bool) -> None:
+            stage_rows(con, [sql])  # the first run pays the process's one-off set-up
             con.execute("pragma enable_profiling = 'json'")
             con.execute("set profiling_mode = 'detailed'")  # with the planner's and optimisers' times
             con.execute(f"pragma profiling_output = {r.sql_string(str(out))}")
-            table = con.execute(sql).to_arrow_table()
+            stage_rows(con, [sql])
             con.execute("pragma disable_profiling")
             _charge_profile(out, minute_side, z_frame, seconds)
-            return table
 
         bucket_files, bucket_tables = [], {}
         months = [k for k in span if k in shards]
@@ -776,24 +773,21 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
                     continue
                 query = b.bucket_query(cfg.sql_dir, base, symbol, part[0], part[-1], b.bucket_inputs(shards, part[0], part[-1]))
                 # the warm-up months' buckets are earlier quarters' work: computed, not charged
-                table = profiled(query, True) if part is quarter else con.execute(query).to_arrow_table()
-                of_month = month_of_decision(table)
-                for k in part:
+                profiled(query, True) if part is quarter else stage_rows(con, [query])
+                for k, table in zip(part, split_rows(con, part)):
                     bucket_files.append(Path(tmp) / f"buckets-{k}.parquet")
-                    write_atomic(table.filter(pc.equal(of_month, k)), bucket_files[-1])
+                    write_atomic(table, bucket_files[-1])
                     if part is quarter:
-                        bucket_tables[k] = table.filter(pc.equal(of_month, k))
-        table = profiled(b.feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files),
-                         False)
-        con.close()
+                        bucket_tables[k] = table
+        profiled(b.feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files), False)
         for _ in range(2):  # the second time: without the first Parquet write's one-off set-up
             t0 = time.perf_counter()
-            months = month_of_decision(table)
-            for m in range(first, last + 1):
-                write_atomic(table.filter(pc.equal(months, m)), Path(tmp) / f"{m}.parquet")
+            for m, table in zip(range(first, last + 1), split_rows(con, range(first, last + 1))):
+                write_atomic(table, Path(tmp) / f"{m}.parquet")
                 if m in bucket_tables:
                     write_atomic(bucket_tables[m], Path(tmp) / f"again-{m}.parquet")
             seconds[WRITE] = time.perf_counter() - t0
+        con.close()
     total = sum(seconds)
     return {"symbol": symbol, "first": first, "last": last, "total_s": total, "months": len(bucket_tables),
             "layers": [{"layer": name, "seconds": sec, "share": sec / total} for name, sec in zip(PROFILE_LAYERS, seconds)]}

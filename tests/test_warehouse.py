@@ -333,7 +333,7 @@ def test_a_months_minute_buckets_are_the_same_bits_alone_or_in_a_run_of_months(t
     point; a float window sum changes in the last bits with where its rows start)."""
     from mscale.demo import write_demo
     from mscale.warehouse.build import bucket_inputs, bucket_query, shards_by_month
-    from mscale.warehouse.executors import month_of_decision, run_queries
+    from mscale.warehouse.executors import run_queries, split_rows, stage_rows, task_connection
 
     cfg = make_config(tmp_path)
     write_demo(cfg, symbols=("BTCUSDT",), start=date(2024, 1, 1), months=4, seed=8)
@@ -341,11 +341,12 @@ def test_a_months_minute_buckets_are_the_same_bits_alone_or_in_a_run_of_months(t
     base = r.params_from_config(cfg)
     macros = (cfg.sql_dir / r.MACROS_FILE).read_text()
     first, last = 2024 * 12 + 1, 2024 * 12 + 3  # February to April
-    (run,) = run_queries(macros, [bucket_query(cfg.sql_dir, base, "BTCUSDT", first, last, bucket_inputs(minutes, first, last))])
-    of_month = month_of_decision(run)
-    for k in range(first, last + 1):
+    con = task_connection(macros)
+    stage_rows(con, [bucket_query(cfg.sql_dir, base, "BTCUSDT", first, last, bucket_inputs(minutes, first, last))])
+    runs = split_rows(con, range(first, last + 1))
+    con.close()
+    for k, in_run in zip(range(first, last + 1), runs):
         (alone,) = run_queries(macros, [bucket_query(cfg.sql_dir, base, "BTCUSDT", k, k, bucket_inputs(minutes, k, k))])
-        in_run = run.filter(pa.compute.equal(of_month, k))
         assert alone.num_rows > 600 and alone.column("m_pressure_15m").null_count < alone.num_rows / 2
         assert alone.equals(in_run), [c for c in alone.column_names if not alone.column(c).equals(in_run.column(c))]
 
