@@ -29,7 +29,7 @@ minute_returns as (
         ln(lag(close) over by_minute / lag(close, 2) over by_minute) as r_prev,
         -- halts (zero volume) and bad data (a non-finite volume) have no log-volume
         case when volume > 0 and isfinite(volume) then ln(volume) end as log_volume,
-        sign(close - open) * case when volume > 0 and isfinite(volume) then ln(volume) end as signed_log_volume,
+        sign(close - open) * log_volume as signed_log_volume,
         epoch_ms(close_time) as close_ms,
         decision_ms(close_time) as ts_ms,
     from minutes
