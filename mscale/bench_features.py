@@ -710,9 +710,13 @@ def _charge_profile(path: Path, minute_side: bool, z_frame: str, seconds: list[f
     prof = json.loads(path.read_text())
 
     def walk(node: dict, root: bool) -> int:
-        # the rows a task stages into its table (`stage_rows`): what feeds the insert is the query's result
+        # the rows a task stages into its table (`stage_rows`): what feeds the insert is the query's
+        # result, and the insert itself is the first half of splitting the rows by month
         stages = node.get("operator_name", "").strip() in ("CREATE_TABLE_AS", "INSERT")
         child_layers = [walk(child, root and stages) for child in node.get("children", [])]
+        if stages:
+            seconds[WRITE] += float(node.get("operator_timing", 0.0))
+            return child_layers[0] if child_layers else WRITE
         extra = node.get("extra_info", {})
         detail = extra.get("Projections") or extra.get("Aggregates") or extra.get("Conditions") or extra.get("Order By") or ""
         op = {"operator": node.get("operator_name", "?").strip(), "root": root,

@@ -156,3 +156,14 @@ def test_profile_charges_each_operator_of_a_query_to_its_step_and_all_of_its_tim
     block = [0.0] * len(bf.PROFILE_LAYERS)
     bf._charge_profile(profile, False, "ROWS BETWEEN 168 PRECEDING AND 1 PRECEDING", block)
     assert block[bf.HOURLY] > 0 and block[bf.LAG] == 0 and block[bf.READ] > 0
+
+    # a task stages its rows into a table (`stage_rows`): the insert is charged to the split and write
+    con.execute("pragma enable_profiling = 'json'")
+    con.execute("set profiling_mode = 'detailed'")
+    con.execute(f"pragma profiling_output = '{profile}'")
+    con.execute(f"create table task_rows as {query}")
+    con.execute("pragma disable_profiling")
+    staged = [0.0] * len(bf.PROFILE_LAYERS)
+    bf._charge_profile(profile, True, "ROWS BETWEEN 168 PRECEDING AND 1 PRECEDING", staged)
+    assert staged[bf.WRITE] > 0 and staged[bf.LAG] > 0 and staged[bf.GROUP_BY] > 0
+    assert sum(staged) == pytest.approx(json.loads(profile.read_text())["latency"], rel=1e-9)

@@ -342,9 +342,11 @@ def test_a_months_minute_buckets_are_the_same_bits_alone_or_in_a_run_of_months(t
     macros = (cfg.sql_dir / r.MACROS_FILE).read_text()
     first, last = 2024 * 12 + 1, 2024 * 12 + 3  # February to April
     con = task_connection(macros)
-    stage_rows(con, [bucket_query(cfg.sql_dir, base, "BTCUSDT", first, last, bucket_inputs(minutes, first, last))])
-    runs = split_rows(con, range(first, last + 1))
-    con.close()
+    try:
+        stage_rows(con, [bucket_query(cfg.sql_dir, base, "BTCUSDT", first, last, bucket_inputs(minutes, first, last))])
+        runs = split_rows(con, range(first, last + 1))
+    finally:
+        con.close()
     for k, in_run in zip(range(first, last + 1), runs):
         (alone,) = run_queries(macros, [bucket_query(cfg.sql_dir, base, "BTCUSDT", k, k, bucket_inputs(minutes, k, k))])
         assert alone.num_rows > 600 and alone.column("m_pressure_15m").null_count < alone.num_rows / 2
@@ -679,3 +681,15 @@ def test_a_key_the_minute_sql_duplicates_is_caught_by_the_sampled_blocks_and_the
     failing = dict(line.strip().split(": ", 1) for line in str(err.value).splitlines()[1:])
     assert failing["chk_features_minute__unique_key"].startswith("2 offending rows")  # one per sampled block
     assert failing["chk_features__unique_key"].startswith("2 offending rows")  # over every cached row
+
+
+def test_a_task_whose_connection_cannot_be_set_up_fails_with_the_one_line_naming_its_block(tmp_path):
+    """A broken macros file fails the task as its queries would: one MscaleError naming the symbol
+    and the block, not a raw DuckDB error."""
+    from mscale.warehouse.executors import Block, build_block
+
+    block = Block("BTCUSDT", "2024-Q1", "create or replace macro broken(x) as (x +;", ("select 1 as ts",), (24288,),
+                  (str(tmp_path / "202401.parquet"),))
+    with pytest.raises(MscaleError, match=r"^features BTCUSDT 2024-Q1: Parser Error"):
+        build_block(block)
+    assert not list(tmp_path.iterdir())

@@ -597,7 +597,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
                         result.rows_written += rows
                 manifest.update(wanted_of[(done.symbol, done.label)])
                 bar.update(1)
-                check_interrupted()  # a Ctrl-C a library swallowed (pyarrow importing pandas)
+                check_interrupted()  # a Ctrl-C a library swallowed
         check_interrupted()
         with deferred_interrupt():  # Ctrl-C waits for the renames (quick): all or nothing
             result.months_removed = _publish(cfg, staging, written, manifest, hourly_shards, minute_shards, full=full)

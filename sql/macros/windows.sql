@@ -40,7 +40,8 @@ close_ms > ts_ms - {{ w * 60000 }}
 
 {#- `expr` for the minute bars in the window of w minutes at ts, NULL for the others, which
     aggregates skip: sum({{ within(15, 'r') }}) sums r over the last 15 minutes. (A CASE, not a
-    FILTER clause: the same rows and bits, about a tenth faster in DuckDB 1.5.) -#}
+    FILTER clause: the same rows and bits, about a tenth faster in DuckDB 1.5.) Not for the
+    aggregates that keep NULLs, such as list(), first() or arg_max(): those take a FILTER. -#}
 {% macro within(w, expr) -%}
 case when {{ in_window(w) }} then {{ expr }} end
 {%- endmacro %}
