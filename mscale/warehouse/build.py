@@ -288,6 +288,9 @@ def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderPa
 # alignment check compares the sampled blocks' cached rows with their minutes.
 BLOCK_CHECKS = frozenset({"chk_features__alignment", "chk_features_hourly__unique_key", "chk_features_minute__unique_key",
                           "chk_fills__unique_key", "chk_klines_1m__unique_key", "chk_labels__unique_key"})
+# the layers those checks read (the mart is a view over the block's cached files): a sampled block
+# computes only these
+BLOCK_CHECK_LAYERS = ("sources", "staging", "features/hourly", "features/minute", "marts", "labels", "fills")
 
 
 def sample_blocks(result: BuildResult) -> list[tuple[r.RenderParams, list[Path]]]:
@@ -308,8 +311,8 @@ def check_blocks(cfg: Config, blocks: list[tuple[r.RenderParams, list[Path]]], m
     for params, files in blocks:
         con = connect(cfg=cfg)  # the build's threads (key counts do not depend on order) and memory limit
         try:
-            create_views(con, cfg.sql_dir, params, mart_cache=[str(f) for f in files], extra_dirs=cfg.extra_feature_dirs,
-                         temp_tables=True)
+            create_views(con, cfg.sql_dir, params, mart_cache=[str(f) for f in files], layers=BLOCK_CHECK_LAYERS,
+                         extra_dirs=cfg.extra_feature_dirs, temp_tables=True)
             for c in run_checks(con, cfg.sql_dir, _with_extras(params, models), only=set(BLOCK_CHECKS)):
                 merged[c.name].failing_rows += c.failing_rows
                 merged[c.name].sample = merged[c.name].sample or c.sample
