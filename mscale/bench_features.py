@@ -247,24 +247,22 @@ def core_query(cfg, files: list[Path]) -> str:
     feat_min__buckets) over `files`, those columns only, as one statement."""
     from dataclasses import replace
 
-    from mscale.warehouse import build as b
     from mscale.warehouse import render as r
 
     params = replace(r.params_from_config(cfg), minute_files=[str(f) for f in files], hourly_files=(), sort_staged=False)
     env = r.environment(cfg.sql_dir)
     models = [m for m in r.discover(cfg.sql_dir) if m.name in ("src_klines_1m", "klines_1m", "feat_min__buckets")]
-    ctes = [f"{m.name} as (\n{r.render(env, m, b._with_extras(params, models))}\n)" for m in models]
+    ctes = [f"{m.name} as (\n{r.render(env, m, params)}\n)" for m in models]
     return "with\n" + ",\n".join(ctes) + f"\nselect symbol, ts, {', '.join(CORE_COLUMNS)} from feat_min__buckets order by symbol, ts"
 
 
-def _child_core(cfg, files: list[Path], threads: int) -> dict:
-    from mscale.warehouse import build as b
+def _child_query(query: str, threads: int, macros_sql: str) -> dict:
+    """One query timed on a fresh `task_connection` of `threads` threads (with `macros_sql`, if
+    any, run before the clock starts): wall seconds, peak RSS."""
+    from mscale.warehouse.executors import task_connection
 
     base_rss = _peak_rss_mb()
-    con = b.connect()
-    con.execute(f"set threads = {int(threads)}")
-    b.install_macros(con, cfg.sql_dir)
-    query = core_query(cfg, files)
+    con = task_connection(macros_sql, threads=threads)
     t0 = time.perf_counter()
     table = con.execute(query).to_arrow_table()
     seconds = time.perf_counter() - t0
@@ -292,34 +290,12 @@ def scan_floor_sql(files: list[Path]) -> str:
     """
 
 
-def _child_one_statement(cfg, threads: int) -> dict:
-    """The whole mart in one statement over every shard (the live views' query), `threads` threads."""
+def one_statement_query(cfg) -> str:
+    """The whole mart in one statement over every shard (the live views' query)."""
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
 
-    base_rss = _peak_rss_mb()
-    con = b.connect()
-    con.execute(f"set threads = {int(threads)}")
-    b.install_macros(con, cfg.sql_dir)
-    query = b.feature_query(cfg.sql_dir, r.params_from_config(cfg), extra_dirs=cfg.extra_feature_dirs)
-    t0 = time.perf_counter()
-    table = con.execute(query).to_arrow_table()
-    seconds = time.perf_counter() - t0
-    con.close()
-    return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "rows": table.num_rows}
-
-
-def _child_scan(files: list[Path], threads: int) -> dict:
-    import duckdb
-
-    base_rss = _peak_rss_mb()
-    con = duckdb.connect()
-    con.execute(f"set threads = {int(threads)}")
-    t0 = time.perf_counter()
-    table = con.execute(scan_floor_sql(files)).fetch_arrow_table()
-    seconds = time.perf_counter() - t0
-    con.close()
-    return {"seconds": seconds, "rss_mb": _peak_rss_mb(), "rss_base_mb": base_rss, "rows": table.num_rows}
+    return b.feature_query(cfg.sql_dir, r.params_from_config(cfg), extra_dirs=cfg.extra_feature_dirs)
 
 
 def pandas_core_features(files: list[Path]):
@@ -452,6 +428,9 @@ def _bench_one(
     cfg = make_config(full_dir, threads, sql_root)
     files = minute_files(full_dir)
     rows = count_rows(files)
+    from mscale.warehouse.render import MACROS_FILE
+
+    macros_sql = (Path(cfg.sql_dir) / MACROS_FILE).read_text()
 
     full = []
     for i in range(repeats):
@@ -461,12 +440,12 @@ def _bench_one(
 
     scan = []
     for i in range(repeats):
-        scan.append(_in_child(_child_scan, files, threads))
+        scan.append(_in_child(_child_query, scan_floor_sql(files), threads, ""))  # needs no macros: its process's first statement
         print(f"  scan floor {i + 1}/{repeats}: {scan[-1]['seconds']:.2f}s", flush=True)
 
     one = []
     for i in range(repeats):
-        one.append(_in_child(_child_one_statement, cfg, threads))
+        one.append(_in_child(_child_query, one_statement_query(cfg), threads, macros_sql))
         print(f"  whole mart in one statement {i + 1}/{repeats}: {one[-1]['seconds']:.2f}s", flush=True)
 
     pandas_runs: list[dict] = []
@@ -474,7 +453,7 @@ def _bench_one(
     pandas_diff = None
     if n_symbols <= pandas_max_symbols:
         for i in range(repeats):
-            core_runs.append(_in_child(_child_core, cfg, files, threads))
+            core_runs.append(_in_child(_child_query, core_query(cfg, files), threads, macros_sql))
             print(f"  core minute columns only (same template), {core_runs[-1]['seconds']:.2f}s", flush=True)
         for i in range(repeats):
             pandas_runs.append(_in_child(_child_pandas, files, i == 0))

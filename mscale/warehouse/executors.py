@@ -68,18 +68,20 @@ _BAR_OPEN = "make_timestamp((epoch_ms(ts) - 3600000) * 1000)"
 MONTH_OF_BAR = f"year({_BAR_OPEN}) * 12 + month({_BAR_OPEN}) - 1"
 
 
-def task_connection(macros_sql: str, memory_limit: str | None = None):
+def task_connection(macros_sql: str, memory_limit: str | None = None, threads: int = 1):
     """A fresh in-memory connection with the project's macros, on one thread: DuckDB's parallel
-    sums could add in any order, and the bits must not depend on it."""
+    sums could add in any order, and the bits must not depend on it. (`threads` > 1: for
+    measurements only.)"""
     import duckdb
 
     from mscale.warehouse.render import sql_string
 
     con = duckdb.connect()
-    con.execute("set threads = 1")
+    con.execute(f"set threads = {int(threads)}")
     if memory_limit:
         con.execute(f"set memory_limit = {sql_string(memory_limit)}")
-    con.execute(macros_sql)
+    if macros_sql:
+        con.execute(macros_sql)
     return con
 
 
