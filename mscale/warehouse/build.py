@@ -530,7 +530,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     staging_root = cfg.derived_dir / ".staging"
     staging = staging_root / uuid.uuid4().hex
     macros_sql = (Path(cfg.sql_dir) / r.MACROS_FILE).read_text()
-    units: set[tuple[str, int]] = set()  # the symbol-months of minute buckets to compute
+    # the symbol-months of minute buckets to compute, and the manifest entry each brings up to date
     unit_manifest: dict[tuple[str, int], tuple[str, dict]] = {}
     blocks: list[Block] = []
     wanted_of: dict[tuple[str, str], list[tuple[str, dict]]] = {}  # manifest entries a task brings up to date
@@ -564,19 +564,18 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             bucket_files = []
             for k in (k for k in span if k in minutes):
                 unit_key = f"{symbol}/m{k}"
-                if (symbol, k) not in units and (manifest.get(unit_key) != unit_wanted[k]
-                                                 or not bucket_path(cfg, symbol, k).exists()):
-                    units.add((symbol, k))
+                if (symbol, k) not in unit_manifest and (manifest.get(unit_key) != unit_wanted[k]
+                                                         or not bucket_path(cfg, symbol, k).exists()):
                     unit_manifest[(symbol, k)] = (unit_key, unit_wanted[k])
                 staged_unit = staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)
-                bucket_files.append(staged_unit if (symbol, k) in units else bucket_path(cfg, symbol, k))
+                bucket_files.append(staged_unit if (symbol, k) in unit_manifest else bucket_path(cfg, symbol, k))
             year, month = _month_of(first)
             label = f"{year:04d}-Q{(month - 1) // 3 + 1}"
             staged = tuple(str(staging / f.relative_to(cfg.derived_dir)) for f in files)
             query = feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files)
             blocks.append(Block(symbol, label, macros_sql, (query,), tuple(out_months), staged, cfg.features.memory_limit))
             wanted_of[(symbol, label)] = [(key, wanted)]
-    bucket_blocks = _bucket_tasks(cfg, base, units, unit_manifest, minute_shards, staging, macros_sql, wanted_of)
+    bucket_blocks = _bucket_tasks(cfg, base, unit_manifest, minute_shards, staging, macros_sql, wanted_of)
 
     from mscale.interrupts import check_interrupted, deferred_interrupt
 
@@ -617,14 +616,13 @@ def month_runs(months: list[int]) -> list[list[int]]:
     return [[k for _, k in run] for _, run in itertools.groupby(enumerate(months), key=lambda ik: ik[1] - ik[0])]
 
 
-def _bucket_tasks(cfg: Config, base: r.RenderParams, units: set[tuple[str, int]],
-                  unit_manifest: dict[tuple[str, int], tuple[str, dict]], minute_shards: dict[str, dict[int, list[Path]]],
-                  staging: Path, macros_sql: str, wanted_of: dict[tuple[str, str], list[tuple[str, dict]]]) -> list[Block]:
-    """The minute buckets to compute as tasks, one per symbol and quarter, one query per run of
-    consecutive months in it (`bucket_query`); `wanted_of` gets the manifest entries each task
-    brings up to date."""
+def _bucket_tasks(cfg: Config, base: r.RenderParams, unit_manifest: dict[tuple[str, int], tuple[str, dict]],
+                  minute_shards: dict[str, dict[int, list[Path]]], staging: Path, macros_sql: str, wanted_of: dict[tuple[str, str], list[tuple[str, dict]]]) -> list[Block]:
+    """The minute buckets to compute (the symbol-months of `unit_manifest`) as tasks, one per symbol
+    and quarter, one query per run of consecutive months in it (`bucket_query`); `wanted_of` gets
+    the manifest entries each task brings up to date."""
     tasks = []
-    for (symbol, _), group in itertools.groupby(sorted(units), key=lambda u: (u[0], u[1] // BLOCK_MONTHS)):
+    for (symbol, _), group in itertools.groupby(sorted(unit_manifest), key=lambda u: (u[0], u[1] // BLOCK_MONTHS)):
         months = [k for _, k in group]
         queries = tuple(bucket_query(cfg.sql_dir, base, symbol, run[0], run[-1],
                                      bucket_inputs(minute_shards[symbol], run[0], run[-1])) for run in month_runs(months))
