@@ -722,10 +722,9 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
     and feature files, split and written as the build writes them."""
     import tempfile
 
-    from mscale.store import write_atomic
     from mscale.warehouse import build as b
     from mscale.warehouse import render as r
-    from mscale.warehouse.executors import split_rows, stage_rows, task_connection
+    from mscale.warehouse.executors import split_rows, stage_rows, task_connection, write_month
 
     base = r.params_from_config(cfg)
     params = _block_params(cfg, symbol, first, last)
@@ -759,16 +758,16 @@ def profile_block(cfg, symbol: str, first: int, last: int) -> dict:
                 profiled(query, True) if part is quarter else stage_rows(con, [query])
                 for k, table in zip(part, split_rows(con, part)):
                     bucket_files.append(Path(tmp) / f"buckets-{k}.parquet")
-                    write_atomic(table, bucket_files[-1])
+                    write_month(table, bucket_files[-1])
                     if part is quarter:
                         bucket_tables[k] = table
         profiled(b.feature_query(cfg.sql_dir, params, extra_dirs=cfg.extra_feature_dirs, bucket_files=bucket_files), False)
         for _ in range(2):  # the second time: without the first Parquet write's one-off set-up
             t0 = time.perf_counter()
             for m, table in zip(range(first, last + 1), split_rows(con, range(first, last + 1))):
-                write_atomic(table, Path(tmp) / f"{m}.parquet")
+                write_month(table, Path(tmp) / f"{m}.parquet")
                 if m in bucket_tables:
-                    write_atomic(bucket_tables[m], Path(tmp) / f"again-{m}.parquet")
+                    write_month(bucket_tables[m], Path(tmp) / f"again-{m}.parquet")
             split_and_write = time.perf_counter() - t0
         seconds[WRITE] += split_and_write  # after the staging inserts `_charge_profile` charged there
         con.close()

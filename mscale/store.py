@@ -287,11 +287,13 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], None], *,
         raise
 
 
-def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
-    """Write `table` to `path` so that `path` is either the old file or the complete new one."""
+def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None, *,
+                 dictionary: bool | list[str] = True) -> None:
+    """Write `table` to `path` so that `path` is either the old file or the complete new one.
+    `dictionary`: dictionary-encode every column (True) or only those named."""
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    replace_atomically(path, lambda f: pq.write_table(table, f, compression="snappy"))
+    replace_atomically(path, lambda f: pq.write_table(table, f, compression="snappy", use_dictionary=dictionary))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -149,3 +149,27 @@ def test_training_through_dask_gives_the_local_runs_results(demo_warehouse, clus
     folds_a = pacsv.read_csv(local.path / "folds.csv")
     folds_b = pacsv.read_csv(dask.path / "folds.csv")
     assert folds_a.equals(folds_b)  # the same models, so the same tuned thresholds and fold figures
+
+
+def on_a_new_thread(block: Block) -> BlockDone:
+    """`build_block` on a thread of its own, so on a connection no other task used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(build_block, block).result()
+
+
+def test_the_cache_does_not_depend_on_the_connections_tasks_share(market, tmp_path):
+    """The local executor keeps each worker thread's DuckDB connection from task to task: the
+    cache must be byte-identical to one where every task has a connection of its own, and to one
+    where a single thread runs every task on one connection."""
+    from dataclasses import replace
+
+    local_cfg, local_bytes = market
+    cfg = copy_market(local_cfg, tmp_path / "fresh")
+    materialise(cfg, full=True, executor="local", task=on_a_new_thread)
+    assert cache_bytes(cfg) == local_bytes
+    cfg = copy_market(local_cfg, tmp_path / "one")
+    one_thread = replace(cfg, features=replace(cfg.features, threads=1))
+    materialise(one_thread, full=True, executor="local")
+    assert cache_bytes(one_thread) == local_bytes

@@ -24,6 +24,7 @@ symbol's quarter. Guarantees:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ def task_connection(macros_sql: str, memory_limit: str | None = None, threads: i
 
     con = duckdb.connect()
     con.execute(f"set threads = {int(threads)}")
+    # no cached file contents: a connection reused across tasks (`_reused_connection`) must read a
+    # shard replaced since, within the same second, afresh
+    con.execute("set enable_external_file_cache = false")
     if memory_limit:
         con.execute(f"set memory_limit = {sql_string(memory_limit)}")
     if macros_sql:
@@ -103,34 +107,72 @@ def stage_rows(con, queries: tuple[str, ...] | list[str]) -> None:
 
 def split_rows(con, months: tuple[int, ...] | list[int]) -> list[pa.Table]:
     """`task_rows` split by MONTH_OF_BAR: one table per month of `months`, in (symbol, ts) order.
-    The split runs in DuckDB: making Arrow arrays or scalars from Python or numpy values (as a
-    pyarrow filter by month would) imports pandas, about 0.3 s the first time in a process."""
-    return [con.execute(f"select * from task_rows where {MONTH_OF_BAR} = {int(m)} order by symbol, ts").to_arrow_table()
-            for m in months]
+    One query in (month, symbol, ts) order, cut into zero-copy slices: a query per month costs a
+    DuckDB-to-Arrow conversion of every column per month. (Done in DuckDB: making Arrow arrays or
+    scalars from Python or numpy values, as a pyarrow filter by month would, imports pandas, about
+    0.3 s the first time in a process.)"""
+    wanted = ", ".join(str(int(m)) for m in months) or "null"
+    counts = dict(con.execute(f"select {MONTH_OF_BAR} as m, count(*) from task_rows where m in ({wanted}) group by m").fetchall())
+    rows = con.execute(f"select * from task_rows where {MONTH_OF_BAR} in ({wanted}) "
+                       f"order by {MONTH_OF_BAR}, symbol, ts").to_arrow_table()
+    offsets, start = {}, 0
+    for m in sorted(counts):
+        offsets[m] = start
+        start += counts[m]
+    return [rows.slice(offsets[m], counts[m]) if m in counts else rows.slice(0, 0) for m in months]
 
 
 def build_block(block: Block) -> BlockDone:
-    """Compute `block`'s queries on one `task_connection` (`stage_rows`) and stage one file per
-    output month (`split_rows`; an atomic replace each).
+    """Compute `block`'s queries (`stage_rows`) and stage one file per output month (`split_rows`;
+    an atomic replace each), on this thread's task connection (`_reused_connection`).
 
     Raises MscaleError naming the symbol and block when a query fails (bad or unreadable data)."""
     import duckdb
 
-    from mscale.store import write_atomic
-
-    con = None
     try:
-        con = task_connection(block.macros_sql, block.memory_limit)
+        con = _reused_connection(block.macros_sql, block.memory_limit)
         stage_rows(con, block.queries)
         parts = split_rows(con, block.months)
+        con.execute("drop table task_rows")
     except duckdb.Error as e:
+        _forget_connection()
         raise MscaleError(f"features {block.symbol} {block.label}: {str(e).splitlines()[0]}") from None
-    finally:
-        if con is not None:
-            con.close()
     for part, path in zip(parts, block.staged):
-        write_atomic(part, Path(path))
+        write_month(part, Path(path))
     return BlockDone(block.symbol, block.label, tuple(part.num_rows for part in parts))
+
+
+def write_month(rows: pa.Table, path: Path) -> None:
+    """One month's cache file, through an atomic replace. Only the columns that repeat (symbols,
+    times, counts) are dictionary-encoded: a feature's floats rarely do, and without a dictionary
+    their files are about 13% smaller and written about twice as fast."""
+    from mscale.store import write_atomic
+
+    write_atomic(rows, path, dictionary=[f.name for f in rows.schema if not pa.types.is_floating(f.type)])
+
+
+# A worker thread's task connection, kept from one task to the next: a fresh DuckDB database costs
+# each task 20-50 ms on top of its connection (first-use set-up, fresh memory), 10-20% of a task.
+# A task's result does not depend on what the connection ran before: it is one thread, every
+# task creates and drops its own table, and file contents are never cached (`task_connection`).
+_thread = threading.local()
+
+
+def _reused_connection(macros_sql: str, memory_limit: str | None):
+    key = (macros_sql, memory_limit)
+    held = getattr(_thread, "held", None)
+    if held is None or held[0] != key:
+        _forget_connection()
+        _thread.held = (key, task_connection(macros_sql, memory_limit))
+    return _thread.held[1]
+
+
+def _forget_connection() -> None:
+    """Close this thread's task connection, e.g. after a failed task left it in an unknown state."""
+    held = getattr(_thread, "held", None)
+    _thread.held = None
+    if held is not None:
+        held[1].close()
 
 
 def run_blocks(phases: list[list[Block]], *, executor: str = "local", threads: int = 2, scheduler: str | None = None,
