@@ -349,8 +349,15 @@ def store_build_info(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
     """`build_info`: the settings the views were rendered with, so training can refuse a stale
     warehouse, and the market its views describe (one warehouse file holds one market)."""
     con.execute("create or replace table build_info (labels varchar, built_at timestamptz, market varchar)")
-    con.execute("insert into build_info values (?, ?, ?)",
-                [json.dumps(label_settings(cfg), sort_keys=True), datetime.now(timezone.utc), cfg.market])
+    labels = json.dumps(label_settings(cfg), sort_keys=True)
+    con.execute(f"insert into build_info values ({r.sql_string(labels)}, {_now_literal()}, {r.sql_string(cfg.market)})")
+
+
+def _now_literal() -> str:
+    """The current UTC time to the microsecond, as a timestamptz literal. (Literals, not Python
+    parameters, in what `mscale features` stores: DuckDB imports pandas, about 0.3 s, to convert
+    the first Python parameter of a process.)"""
+    return f"timestamptz {r.sql_string(datetime.now(timezone.utc).isoformat(sep=' '))}"
 
 
 def warehouse_market(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -380,11 +387,12 @@ def store_check_results(con: duckdb.DuckDBPyConnection, results: list[CheckResul
     con.execute(
         "create or replace table check_results (check_name varchar, failing_rows bigint, sample varchar, checked_at timestamptz)"
     )
-    now = datetime.now(timezone.utc)
-    con.executemany(
-        "insert into check_results values (?, ?, ?, ?)",
-        [(c.name, c.failing_rows, json.dumps(c.sample, default=str), now) for c in results],
-    )
+    if not results:
+        return
+    now = _now_literal()
+    rows = [f"({r.sql_string(c.name)}, {int(c.failing_rows)}, {r.sql_string(json.dumps(c.sample, default=str))}, {now})"
+            for c in results]
+    con.execute("insert into check_results values\n" + ",\n".join(rows))
 
 
 # --- materialisation ---------------------------------------------------------------------------
@@ -479,13 +487,15 @@ def block_params(
 def check_sample(cfg: Config, base: r.RenderParams, symbol: str, month: int, minutes: dict[int, list[Path]],
                  hours: dict[int, list[Path]]) -> tuple[r.RenderParams, list[Path]]:
     """What the live-layer checks read of a block (BLOCK_CHECKS): the cached file of `month` (the
-    block's last month), and the block's parameters over the shards of that month and the one
-    before (whose minutes feed its first hours). No warm-up: the checks look at keys and at which
-    minutes feed which hour, not at values."""
+    block's last month), and the block's parameters over that month's bars and the few hours
+    before it whose minutes feed its first hours (minute_lag_hours + 1, and an hour's margin), read
+    from the shards of that month and the one before. No warm-up: the checks look at keys and at
+    which minutes feed which hour, not at values."""
     months = (month - 1, month)
-    return (block_params(base, symbol, month, month, [p for k in months for p in minutes.get(k, [])],
-                         [p for k in months for p in hours.get(k, [])]),
-            [cache_path(cfg, symbol, month)])
+    params = block_params(base, symbol, month, month, [p for k in months for p in minutes.get(k, [])],
+                          [p for k in months for p in hours.get(k, [])])
+    start = params.out_from - timedelta(hours=base.minute_lag_hours + 2)
+    return replace(params, minute_from=start, hourly_from=start), [cache_path(cfg, symbol, month)]
 
 
 def materialise(cfg: Config, *, full: bool = False, executor: str | None = None, scheduler: str | None = None,
@@ -693,7 +703,7 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
         store_build_info(con, cfg)
         from mscale.warehouse.catalog import store_catalog
 
-        store_catalog(con, cfg, params)  # feature_catalog; warns about symbols without minute bars
+        store_catalog(con, cfg)  # feature_catalog; warns about symbols without minute bars
         from mscale.research.runs import create_run_views
 
         create_run_views(con, cfg.runs_dir)

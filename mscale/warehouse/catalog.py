@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from mscale.config import Config, with_market
 from mscale.errors import MscaleError
@@ -173,25 +172,22 @@ def purpose(path: Path) -> str | None:
 # --- the SQL -------------------------------------------------------------------------------------
 
 
-def column_origins(cfg: Config, params: r.RenderParams) -> dict[str, r.Model]:
-    """{column: the feature model that first outputs it}, from the templates alone: every layer up
-    to the features is created over empty inputs in a scratch database and described in build order."""
-    from mscale.warehouse.build import connect, create_views
-
-    empty = replace(params, minute_files=(), hourly_files=())
-    layers = ("sources", "staging") + tuple(layer for layer in r.LAYERS if layer.startswith("features/"))
-    con = connect()
-    try:
-        models = create_views(con, cfg.sql_dir, empty, layers=layers, extra_dirs=cfg.extra_feature_dirs)
-        origins: dict[str, r.Model] = {}
-        for model in models:
-            if not model.layer.startswith("features/"):
-                continue
-            for (name, *_) in con.execute(f"describe {model.name}").fetchall():
-                origins.setdefault(name, model)
-        return origins
-    finally:
-        con.close()
+def column_origins(con: duckdb.DuckDBPyConnection, cfg: Config) -> dict[str, r.Model]:
+    """{column: the feature model that first outputs it}, in build order, from the columns of the
+    feature views `con` holds (as `create_views` made them: a view's columns are the template's,
+    whatever the shards)."""
+    models = [m for m in r.discover(cfg.sql_dir, cfg.extra_feature_dirs) if m.layer.startswith("features/")]
+    columns: dict[str, list[str]] = {}
+    for view, column in con.execute(
+        "select table_name, column_name from duckdb_columns() where database_name = current_database() "
+        "and schema_name = 'main' order by table_name, column_index"
+    ).fetchall():
+        columns.setdefault(view, []).append(column)
+    origins: dict[str, r.Model] = {}
+    for model in models:
+        for name in columns.get(model.name, []):
+            origins.setdefault(name, model)
+    return origins
 
 
 def _quote(name: str) -> str:
@@ -203,58 +199,46 @@ def _quote(name: str) -> str:
 
 def measure(con: duckdb.DuckDBPyConnection, columns: list[str]) -> tuple[dict[str, dict], list[tuple[str, int]]]:
     """({column: {"null_share", "warmup_bars"}}, [(symbol, all-NULL columns)] for symbols without
-    minute bars), from the `features` view: one aggregate pass, and one over (symbol, ts) only."""
+    minute bars), from the `features` view in one pass: per symbol, each column's non-NULL count and
+    the bars before its first non-NULL value (the warm-up: the most over symbols)."""
     aggregates = ["count(*)"]
     for k, c in enumerate(columns):
-        aggregates += [f"count({_quote(c)}) as n_{k}", f"min(ts) filter (where {_quote(c)} is not null) as f_{k}"]
+        aggregates += [f"count({_quote(c)}) as n_{k}", f"min(bars_before) filter (where {_quote(c)} is not null) as w_{k}"]
     has_count = MINUTE_COUNT in columns
     aggregates.append(f"coalesce(max({MINUTE_COUNT}), 0)" if has_count else "null")
-    per_symbol = con.execute(f"select symbol, {', '.join(aggregates)} from features group by symbol order by symbol").fetchall()
+    per_symbol = con.execute(
+        f"""
+        with bars as (
+            select *, row_number() over (partition by symbol order by ts) - 1 as bars_before
+            from features
+        )
+        select symbol, {', '.join(aggregates)} from bars group by symbol order by symbol
+        """
+    ).fetchall()
 
     total = sum(row[1] for row in per_symbol)
     nonnull = [0] * len(columns)
-    firsts = {"symbol": [], "k": [], "ts": []}
+    warmup: list[int | None] = [None] * len(columns)
     without_minutes = []
     for row in per_symbol:
         symbol, counts = row[0], row[2:-1]
         for k in range(len(columns)):
             nonnull[k] += counts[2 * k]
             if counts[2 * k + 1] is not None:
-                firsts["symbol"].append(symbol)
-                firsts["k"].append(k)
-                firsts["ts"].append(counts[2 * k + 1])
+                warmup[k] = max(warmup[k] or 0, counts[2 * k + 1])
         if has_count and row[-1] == 0:
             without_minutes.append((symbol, sum(counts[2 * k] == 0 for k in range(len(columns)))))
-
-    warmup: dict[int, int] = {}
-    if firsts["symbol"]:
-        con.register("_catalog_firsts", pa.table({"symbol": firsts["symbol"], "k": firsts["k"],
-                                                  "ts": pa.array(firsts["ts"], pa.timestamp("us", tz="UTC"))}))
-        try:
-            # bars before the first non-NULL value, per symbol; the most over symbols
-            for k, bars in con.execute(
-                """
-                with bars as (
-                    select symbol, ts, row_number() over (partition by symbol order by ts) - 1 as bars_before
-                    from features
-                )
-                select f.k, max(b.bars_before) from _catalog_firsts as f join bars as b using (symbol, ts) group by f.k
-                """
-            ).fetchall():
-                warmup[k] = bars
-        finally:
-            con.unregister("_catalog_firsts")
     stats = {
-        c: {"null_share": (1 - nonnull[k] / total) if total else None, "warmup_bars": warmup.get(k)}
+        c: {"null_share": (1 - nonnull[k] / total) if total else None, "warmup_bars": warmup[k]}
         for k, c in enumerate(columns)
     }
     return stats, without_minutes
 
 
-def build_catalog(con: duckdb.DuckDBPyConnection, cfg: Config, params: r.RenderParams) -> CatalogResult:
+def build_catalog(con: duckdb.DuckDBPyConnection, cfg: Config) -> CatalogResult:
     """The catalog rows for the `features` view of `con` (see the module docstring)."""
     columns = [name for (name, *_) in con.execute("describe features").fetchall() if name not in KEY]
-    origins = column_origins(cfg, params)
+    origins = column_origins(con, cfg)
     doc_path = find_feature_doc(cfg.sql_dir)
     docs = parse_feature_doc(doc_path.read_text()) if doc_path else {}
     if doc_path is None:
@@ -286,18 +270,15 @@ def build_catalog(con: duckdb.DuckDBPyConnection, cfg: Config, params: r.RenderP
     return CatalogResult(rows, without_minutes)
 
 
-def store_catalog(con: duckdb.DuckDBPyConnection, cfg: Config, params: r.RenderParams) -> CatalogResult:
+def store_catalog(con: duckdb.DuckDBPyConnection, cfg: Config) -> CatalogResult:
     """Create `feature_catalog` in the warehouse of `con` (a view over the rows stored in
     meta_feature_catalog) and warn about symbols whose minute features are all NULL."""
-    result = build_catalog(con, cfg, params)
-    schema = pa.schema([("position", pa.int32()), ("column_name", pa.string()), ("block", pa.string()),
-                        ("lookback", pa.string()), ("warmup_bars", pa.int64()), ("null_share", pa.float64()),
-                        ("definition", pa.string()), ("null_when", pa.string()), ("source", pa.string())])
-    con.register("_catalog_rows", pa.Table.from_pylist(result.rows, schema=schema))
-    try:
-        con.execute(f"create or replace table {TABLE} as select * from _catalog_rows")
-    finally:
-        con.unregister("_catalog_rows")
+    result = build_catalog(con, cfg)
+    con.execute(f"create or replace table {TABLE} (position integer, column_name varchar, block varchar, lookback varchar, "
+                "warmup_bars bigint, null_share double, definition varchar, null_when varchar, source varchar)")
+    if result.rows:
+        values = [f"({', '.join(r.sql_literal(row[c]) for c in COLUMNS)})" for row in result.rows]
+        con.execute(f"insert into {TABLE} ({', '.join(COLUMNS)}) values\n" + ",\n".join(values))
     con.execute(f"create or replace view feature_catalog as select {', '.join(_quote(c) for c in COLUMNS)} from {TABLE} order by position")
     for symbol, n_null in result.without_minutes:
         log.warning(
