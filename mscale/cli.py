@@ -254,14 +254,21 @@ _UNDONE_ON_INTERRUPT = {
 
 def _run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    folders = _UNDONE_ON_INTERRUPT.get(args.command)
-    if folders:
-        from mscale.interrupts import rollback_on_interrupt
+    try:
+        folders = _UNDONE_ON_INTERRUPT.get(args.command)
+        if folders:
+            from mscale.interrupts import rollback_on_interrupt
 
-        # both markets' folders: an import goes where its path says (futures/um/ -> um)
-        with rollback_on_interrupt(cfg.data_dir, [*folders, *(f"um/{f}" for f in folders)]):
-            return _dispatch(cfg, args)
-    return _dispatch(cfg, args)
+            # both markets' folders: an import goes where its path says (futures/um/ -> um)
+            with rollback_on_interrupt(cfg.data_dir, [*folders, *(f"um/{f}" for f in folders)]):
+                return _dispatch(cfg, args)
+        return _dispatch(cfg, args)
+    except MscaleError as e:
+        # the commands an error's hint names, for the market in use: a `--market um` user who
+        # copies one stays in um (a hint that already says --market is left as it is)
+        if len(e.args) == 1:
+            e.args = (with_market(str(e), cfg.market),)
+        raise
 
 
 def _dispatch(cfg: Config, args: argparse.Namespace) -> int:

@@ -213,6 +213,16 @@ def test_hints_and_next_steps_keep_the_market():
     assert with_market("mscale report --market um", "um") == "mscale report --market um"  # never twice
 
 
+def test_an_errors_hint_names_commands_for_the_market_in_use(tmp_path, capsys):
+    """Hints are raised without knowing the market (here warehouse/audit.py's); the command line
+    adds `--market um` to every mscale command they name."""
+    cfg = make_config(tmp_path)
+    assert main(["audit", "--market", "um", *_args(cfg)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "mscale demo-data --market um" in err
+    assert not re.search(r"mscale (?:report|features|sql|train|backtest|audit|resample-hourly|import|ingest|demo-data)\b(?! --market um)", err), err
+
+
 def test_report_of_a_symbol_without_data_keeps_the_saved_report(demo_market, tmp_path, capsys):
     cfg = make_config(tmp_path)
     shutil.copytree(demo_market.data_dir, cfg.data_dir)

@@ -281,10 +281,10 @@ def store_catalog(con: duckdb.DuckDBPyConnection, cfg: Config) -> CatalogResult:
         con.execute(f"insert into {TABLE} ({', '.join(COLUMNS)}) values\n" + ",\n".join(values))
     con.execute(f"create or replace view feature_catalog as select {', '.join(_quote(c) for c in COLUMNS)} from {TABLE} order by position")
     for symbol, n_null in result.without_minutes:
-        log.warning(
+        log.warning(with_market(
             "%s has no minute bars: %d of its %d feature columns (the m_* block and what is built on it) are NULL "
             "in every row; add its 1m klines (mscale ingest --interval 1m --symbols %s, or mscale import) and re-run "
-            "mscale features", symbol, n_null, len(result.rows), symbol,
+            "mscale features", cfg.market), symbol, n_null, len(result.rows), symbol,
         )
     return result
 
