@@ -280,9 +280,9 @@ def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderPa
 
 
 # Checks of the live layers under the mart (each recomputes its layer from the minutes): run by
-# `mscale features` on a sample of blocks, each over its last month's shards and the month
-# before's (`check_sample`), not over the whole history. They still catch a duplicated key: every block runs the same SQL, so
-# a key the SQL duplicates (a join that fans out, a lost dedupe) shows in any block; and whatever
+# `mscale features` on a sample of blocks, each over its last month and the hours before it whose
+# minutes feed that month (`check_sample`), not over the whole history. They still catch a
+# duplicated key: every block runs the same SQL, so a key the SQL duplicates (a join that fans out, a lost dedupe) shows in any block; and whatever
 # duplicate reaches the published features, from any layer or block, is caught over every cached
 # row by chk_features__unique_key, which runs on the cache (as do the grid and order checks). The
 # alignment check compares the sampled blocks' cached rows with their minutes.

@@ -3,9 +3,10 @@
 A task (`Block`) is a feature block of one symbol x quarter, or the minute buckets of one
 symbol's quarter. Guarantees:
 - every task, whichever executor runs it, goes through `build_block`: its DuckDB queries on one
-  thread over its shards, then one Parquet file per output month written into the staging folder
-  through an atomic replace. The query text is rendered by the caller, so a task's bytes depend
-  only on its inputs, never on the executor, the worker or the order tasks finish in;
+  thread over its shards (on a connection its worker thread keeps from task to task), then one
+  Parquet file per output month written into the staging folder through an atomic replace. The
+  query text is rendered by the caller, so a task's bytes depend only on its inputs, never on the
+  executor, the worker, what ran before it on the connection or the order tasks finish in;
 - tasks run in phases, a phase once the one before it finished (the minute buckets, then the
   feature blocks that read them), on one thread pool or one cluster, and are yielded as they
   finish (for a progress bar). The first task that fails stops the build with a one-line
@@ -70,7 +71,7 @@ MONTH_OF_BAR = f"year({_BAR_OPEN}) * 12 + month({_BAR_OPEN}) - 1"
 
 
 def task_connection(macros_sql: str, memory_limit: str | None = None, threads: int = 1):
-    """A fresh in-memory connection with the project's macros, on one thread: DuckDB's parallel
+    """A new in-memory connection with the project's macros, on one thread: DuckDB's parallel
     sums could add in any order, and the bits must not depend on it. (`threads` > 1: for
     measurements only.)"""
     import duckdb
