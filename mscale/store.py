@@ -372,6 +372,7 @@ def write_klines(
     flags = {c: table.column(c) for c in ANOMALY_FLAGS if c in table.column_names} if origin else {}
     row_source = table.column(SOURCE_COLUMN) if SOURCE_COLUMN in table.column_names else None
     table = table.select(KLINE_SCHEMA.names).cast(KLINE_SCHEMA)
+    _refuse_non_finite(table, origin)
     if interval == "1h":
         fill = source_class(source)
         row_source = pa.array([fill] * table.num_rows, pa.string()) if row_source is None else row_source.cast(pa.string()).fill_null(fill)
@@ -393,6 +394,25 @@ def write_klines(
         result.rows_replaced += replaced
         result.shards[str(path)] = rows
     return result
+
+
+PRICES_AND_VOLUMES = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote")
+
+
+def _refuse_non_finite(table: pa.Table, origin: str | None) -> None:
+    """MscaleError, before anything is written, when a price or volume is NaN or infinite: a
+    missing value is NULL, and the features' sums and z-scores cannot take the others."""
+    for name in PRICES_AND_VOLUMES:
+        bad = pc.fill_null(pc.invert(pc.is_finite(table.column(name))), False)
+        n = pc.sum(bad.cast(pa.int64())).as_py() or 0
+        if n:
+            first = pc.index(bad, True).as_py()
+            when = table.column("open_time")[first].as_py()
+            raise MscaleError(
+                f"{origin or 'the input'}: {n} bar{'s' if n > 1 else ''} with a non-finite {name} (the first: {table.column('symbol')[first].as_py()} "
+                f"{when:%Y-%m-%d %H:%M} UTC); prices and volumes must be numbers or missing: drop or fix those rows "
+                "and run again (nothing was written)"
+            )
 
 
 def mark_complete(market_dir: Path, interval: str, symbol: str, year: int, month: int, *, upstream_duplicates: int = 0) -> bool:

@@ -101,6 +101,21 @@ def test_corrupt_shard_is_named_and_kept(tmp_path):
     assert shard.read_bytes() == b"PAR1 not really"
 
 
+def test_a_non_finite_volume_is_refused_and_nothing_is_written(tmp_path):
+    """freqtrade JSON may carry NaN (Python's json reads it): refused with one line naming the
+    file, the column and the first bar; the stored shard of that month is left as it was."""
+    data = tmp_path / "data"
+    assert mscale("demo-data", "--symbols", "BTCUSDT", "--months", "1", "--data-dir", str(data), "--quiet").returncode == 0
+    shard = next((data / "minute").glob("*.parquet"))
+    before = shard.read_bytes()
+    jan2 = 1_704_153_600_000  # 2024-01-02 00:00 UTC
+    src = tmp_path / "BTC_USDT-1m.json"
+    src.write_text("[" + ", ".join(f"[{jan2 + 60_000 * i}, 1, 2, 0.5, 1.5, {'NaN' if i == 2 else 3}]" for i in range(4)) + "]")
+    error = one_line_error(mscale("import", str(src), "--data-dir", str(data)))
+    assert "BTC_USDT-1m.json" in error and "1 bar with a non-finite volume" in error and "2024-01-02 00:02" in error
+    assert shard.read_bytes() == before
+
+
 @requires_real_data()
 def test_import_real_spot_json_into_um_market_keeps_markets_apart(tmp_path):
     data = tmp_path / "data"
