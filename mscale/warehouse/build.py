@@ -422,15 +422,23 @@ def shards_by_month(market_dir: Path, interval: str) -> dict[str, dict[int, list
     return out
 
 
-def cache_path(cfg: Config, symbol: str, month_index: int) -> Path:
+# the two caches under the derived folder: the feature mart, and the minute buckets its blocks read
+FEATURE_CACHE, BUCKET_CACHE = "features", "minute_buckets"
+
+
+def _cached_month(cfg: Config, cache: str, symbol: str, month_index: int) -> Path:
     y, m = _month_of(month_index)
-    return cfg.derived_dir / "features" / f"symbol={symbol}" / f"{y:04d}{m:02d}.parquet"
+    return cfg.derived_dir / cache / f"symbol={symbol}" / f"{y:04d}{m:02d}.parquet"
+
+
+def cache_path(cfg: Config, symbol: str, month_index: int) -> Path:
+    """The cached features of one symbol-month."""
+    return _cached_month(cfg, FEATURE_CACHE, symbol, month_index)
 
 
 def bucket_path(cfg: Config, symbol: str, month_index: int) -> Path:
     """The cached minute buckets of one symbol-month (see bucket_query)."""
-    y, m = _month_of(month_index)
-    return cfg.derived_dir / "minute_buckets" / f"symbol={symbol}" / f"{y:04d}{m:02d}.parquet"
+    return _cached_month(cfg, BUCKET_CACHE, symbol, month_index)
 
 
 @dataclass
@@ -515,7 +523,7 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     scheduler = scheduler if scheduler is not None else cfg.features.scheduler
     base = r.params_from_config(cfg)
     sql_hash = r.sql_fingerprint(cfg.sql_dir, base, cfg.extra_feature_dirs)
-    cache_dir = cfg.derived_dir / "features"
+    cache_dir = cfg.derived_dir / FEATURE_CACHE
     manifest_path = cache_dir / "_manifest.json"
     # a full rebuild reuses nothing; the earlier build's files go when the new one is published
     manifest = {} if full or not manifest_path.exists() else json.loads(manifest_path.read_text())
@@ -658,7 +666,7 @@ def _publish(cfg: Config, staging: Path, written: list[Path], manifest: dict,
         (staging / final.relative_to(derived)).replace(final)
     fresh = set(written)
     removed = 0
-    for cache, shards in (("features", hourly_shards), ("minute_buckets", minute_shards)):
+    for cache, shards in ((FEATURE_CACHE, hourly_shards), (BUCKET_CACHE, minute_shards)):
         for old in (derived / cache).glob("symbol=*/*.parquet"):
             symbol = old.parent.name.removeprefix("symbol=")
             gone = _month_index(int(old.stem[:4]), int(old.stem[4:6])) not in shards.get(symbol, {})
@@ -666,7 +674,7 @@ def _publish(cfg: Config, staging: Path, written: list[Path], manifest: dict,
                 old.unlink()
                 removed += cache == "features"
     if written or full or removed:
-        _write_manifest(derived / "features" / "_manifest.json", manifest)
+        _write_manifest(derived / FEATURE_CACHE / "_manifest.json", manifest)
     return removed
 
 
@@ -697,7 +705,7 @@ def build_features(cfg: Config, *, full: bool = False) -> BuildResult:
         params = r.params_from_config(cfg)
         if not list_shards(cfg.market_dir, "1m"):
             params = r.RenderParams(**{**params.__dict__, "minute_files": ()})
-        cache = str(cfg.derived_dir / "features" / "symbol=*" / "*.parquet")
+        cache = str(cfg.derived_dir / FEATURE_CACHE / "symbol=*" / "*.parquet")
         con.begin()  # the views, tables and check results change together or not at all (Ctrl-C)
         create_views(con, cfg.sql_dir, params, mart_cache=cache, extra_dirs=cfg.extra_feature_dirs)
         store_build_info(con, cfg)
