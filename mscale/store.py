@@ -400,18 +400,20 @@ PRICES_AND_VOLUMES = ("open", "high", "low", "close", "volume", "quote_volume", 
 
 
 def _refuse_non_finite(table: pa.Table, origin: str | None) -> None:
-    """MscaleError, before anything is written, when a price or volume is NaN or infinite: a
-    missing value is NULL, and the features' sums and z-scores cannot take the others."""
+    """MscaleError, before any of `table` is written, when a price or volume is NaN or infinite:
+    a missing value is NULL, and the features' sums and z-scores cannot take the others. (An
+    import of several files stores them one by one: the files before this one stay stored.)"""
     for name in PRICES_AND_VOLUMES:
         bad = pc.fill_null(pc.invert(pc.is_finite(table.column(name))), False)
         n = pc.sum(bad.cast(pa.int64())).as_py() or 0
         if n:
             first = pc.index(bad, True).as_py()
             when = table.column("open_time")[first].as_py()
+            symbol = table.column("symbol")[first].as_py()
             raise MscaleError(
-                f"{origin or 'the input'}: {n} bar{'s' if n > 1 else ''} with a non-finite {name} (the first: {table.column('symbol')[first].as_py()} "
-                f"{when:%Y-%m-%d %H:%M} UTC); prices and volumes must be numbers or missing: drop or fix those rows "
-                "and run again (nothing was written)"
+                f"{origin or 'the bars to store'}: {n} bar{'s' if n > 1 else ''} with a non-finite {name} (the first: "
+                f"{symbol} {when:%Y-%m-%d %H:%M} UTC); none of them was stored: prices and volumes must be numbers "
+                "or missing (empty), so drop or fix those rows at the source and run again"
             )
 
 

@@ -51,14 +51,36 @@ def block(tmp_path: Path, queries: tuple[str, ...], name: str) -> Block:
     return Block("BTCUSDT", name, "", queries, months, staged)
 
 
-def test_a_task_after_a_failed_one_on_the_same_thread_builds_its_block(tmp_path):
-    with pytest.raises(MscaleError, match=r"^features BTCUSDT bad: .*missing\.parquet"):
-        build_block(block(tmp_path, (f"select * from read_parquet('{tmp_path / 'missing.parquet'}')",), "bad"))
+def thread_connection():
+    """This thread's kept task connection (None before its first task)."""
+    from mscale.warehouse import executors
+
+    held = getattr(executors._thread, "held", None)
+    return held[1] if held else None
+
+
+def test_a_thread_keeps_its_connection_and_a_failed_task_replaces_it(tmp_path):
+    build_block(block(tmp_path, (rows_sql(ROWS),), "first"))
+    kept = thread_connection()
+    build_block(block(tmp_path, (rows_sql(ROWS),), "second"))
+    assert thread_connection() is kept  # kept from task to task
+    # a task that fails after its rows are staged (its rows have no ts to split by month)
+    with pytest.raises(MscaleError, match=r"^features BTCUSDT bad: "):
+        build_block(block(tmp_path, ("select 'BTCUSDT' as symbol, 1.0 as x",), "bad"))
     done = build_block(block(tmp_path, (rows_sql(ROWS),), "good"))
+    assert thread_connection() is not kept  # the failed task's connection was closed
     assert done.rows == (2, 2)
     january = pq.read_table(tmp_path / "good" / f"{month_index(2024, 1)}.parquet")
     assert january.column("x").to_pylist() == [1.0, 2.0]
     assert january.column("ts").to_pylist()[0] == datetime(2024, 1, 15, 12, tzinfo=timezone.utc)
+
+
+def test_a_feature_column_may_have_any_name(tmp_path):
+    """A research folder's feature may call a column anything, e.g. `m`."""
+    done = build_block(block(tmp_path, (f"select *, x * 2 as m from ({rows_sql(ROWS)})",), "named"))
+    assert done.rows == (2, 2)
+    feb = pq.read_table(tmp_path / "named" / f"{month_index(2024, 2)}.parquet")
+    assert feb.column("m").to_pylist() == [10.0, 6.0]
 
 
 def test_a_tasks_files_do_not_depend_on_what_its_connection_ran_before(tmp_path):

@@ -353,6 +353,18 @@ def test_a_months_minute_buckets_are_the_same_bits_alone_or_in_a_run_of_months(t
         assert alone.equals(in_run), [c for c in alone.column_names if not alone.column(c).equals(in_run.column(c))]
 
 
+def test_the_sampled_live_checks_pass_with_a_minute_lag(demo_market, tmp_path):
+    """The live-layer checks read a sampled month and the hours before it whose minutes feed it
+    (minute_lag_hours + 2 h): with a lag, the alignment check must still find every minute of the
+    month's first hours, and the sampled rows must include them."""
+    cfg = make_config(tmp_path, minute_lag_hours=5)
+    shutil.copytree(demo_market.data_dir, cfg.data_dir)
+    result = build_features(cfg)
+    checks = {c.name: c for c in result.checks}
+    assert checks["chk_features__alignment"].failing_rows == 0 and checks["chk_klines_1m__unique_key"].failing_rows == 0
+    assert all(c.failing_rows == 0 for c in result.checks)
+
+
 def test_build_creates_views_checks_and_cache(demo_market, tmp_path):
     cfg = make_config(tmp_path)
     shutil.copytree(demo_market.data_dir, cfg.data_dir)
@@ -698,7 +710,14 @@ def test_a_task_whose_connection_cannot_be_set_up_fails_with_the_one_line_naming
 def test_mscale_features_does_not_import_pandas(demo_market, tmp_path):
     """Nothing `mscale features` runs needs pandas, and importing it costs about 0.3 s, a fifth of
     a 1-symbol build: DuckDB's Python parameters and Arrow tables made from Python values pull it
-    in, so the build, its views, catalog and check results use neither."""
+    in, so the build, its views, catalog and check results use neither. Run from a research
+    folder with a feature of its own, whose checks run too."""
+    folder = tmp_path / "research"
+    (folder / "features" / "extra").mkdir(parents=True)
+    (folder / "mscale.toml").write_text("# a research folder\n")
+    (folder / "features" / "extra" / "feat_extra__mine.sql").write_text(
+        "-- grain: (symbol, ts)\n-- reads: features_hourly\n-- purpose: a researcher's own feature\n"
+        "select symbol, ts, rsi_14 / 100 as my_rsi_share from features_hourly\n")
     shutil.copytree(demo_market.data_dir, tmp_path / "data")
     code = (
         "import sys\n"
@@ -706,5 +725,10 @@ def test_mscale_features_does_not_import_pandas(demo_market, tmp_path):
         f"code = main(['features', '--data-dir', {str(tmp_path / 'data')!r}, '--warehouse', {str(tmp_path / 'w.duckdb')!r}])\n"
         "print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'pandas')[:3])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=folder, timeout=300)
     assert out.stdout.split("\n")[-2] == "0 []", out.stdout + out.stderr
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        assert con.execute("select count(my_rsi_share) from features").fetchone()[0] > 1000
+    finally:
+        con.close()

@@ -43,9 +43,10 @@ BLOCK_MONTHS = 3  # calendar quarters: the unit of computation and of recomputat
 # symbol-month and read by the blocks, so a block's warm-up is not recomputed from its minutes.
 BUCKETS = "feat_min__buckets"
 BUCKET_LOOKBACK = timedelta(hours=168 + 1)  # the volume reference's trailing week, and the minutes before it
-# How the cache is computed; a manifest entry from another layout is stale even when the SQL and
-# the shards are unchanged (2: blocks over cached minute buckets).
-CACHE_LAYOUT = 2
+# How the cache is computed and written; a manifest entry from another layout is stale even when
+# the SQL and the shards are unchanged, so a refresh never mixes files of two layouts (2: blocks
+# over cached minute buckets; 3: floats written without a Parquet dictionary, the same values).
+CACHE_LAYOUT = 3
 
 
 # --- connections and views -------------------------------------------------------------------
@@ -130,7 +131,7 @@ def _check_extra_columns(con: duckdb.DuckDBPyConnection, model: r.Model) -> None
         raise MscaleError(f"{model.path}: a feature file must return symbol and ts columns, got {sorted(columns)}")
     taken = {row[0] for row in con.execute("describe feat_norm").fetchall()} - {"symbol", "ts"}
     for other in con.execute(
-        "select view_name from duckdb_views() where view_name like 'feat_extra%' and view_name <> ?", [model.name]
+        f"select view_name from duckdb_views() where view_name like 'feat_extra%' and view_name <> {r.sql_string(model.name)}"
     ).fetchall():
         taken |= {row[0] for row in con.execute(f"describe {other[0]}").fetchall()} - {"symbol", "ts"}
     clash = sorted((columns - {"symbol", "ts"}) & taken)

@@ -5,7 +5,7 @@ Where each field comes from:
 - `column_name`, `position`: the columns of the built `features` view, in order (symbol and ts are
   the key, not features);
 - `block`, `source`: the feature layer (`sql/features/<block>/`) and view whose SELECT first outputs
-  the column, found by describing every feature view in build order over empty inputs;
+  the column, in build order, from the columns of the warehouse's feature views (`duckdb_columns()`);
 - `definition`, `lookback` (the doc's "window" column), `null_when`: the tables of
   doc/features_multiscale.md (a row names its columns in backticks; `m_vol_sum_{5,15,60}m` is
   expanded and `W_w` made concrete). A column the doc does not list (your own `features/extra`
@@ -199,37 +199,50 @@ def _quote(name: str) -> str:
 
 def measure(con: duckdb.DuckDBPyConnection, columns: list[str]) -> tuple[dict[str, dict], list[tuple[str, int]]]:
     """({column: {"null_share", "warmup_bars"}}, [(symbol, all-NULL columns)] for symbols without
-    minute bars), from the `features` view in one pass: per symbol, each column's non-NULL count and
-    the bars before its first non-NULL value (the warm-up: the most over symbols)."""
+    minute bars), from the `features` view: one aggregate pass (per symbol, each column's non-NULL
+    count and first non-NULL ts), and one over (symbol, ts) only for the bars before those firsts
+    (the warm-up: the most over symbols)."""
     aggregates = ["count(*)"]
     for k, c in enumerate(columns):
-        aggregates += [f"count({_quote(c)}) as n_{k}", f"min(bars_before) filter (where {_quote(c)} is not null) as w_{k}"]
+        aggregates += [f"count({_quote(c)}) as n_{k}", f"min(ts) filter (where {_quote(c)} is not null) as f_{k}"]
     has_count = MINUTE_COUNT in columns
-    aggregates.append(f"coalesce(max({MINUTE_COUNT}), 0)" if has_count else "null")
-    per_symbol = con.execute(
-        f"""
-        with bars as (
-            select *, row_number() over (partition by symbol order by ts) - 1 as bars_before
-            from features
-        )
-        select symbol, {', '.join(aggregates)} from bars group by symbol order by symbol
-        """
-    ).fetchall()
+    aggregates.append(f"coalesce(max({MINUTE_COUNT}), 0) as minutes_max" if has_count else "null as minutes_max")
+    con.execute(f"create or replace temp table _catalog_per_symbol as select symbol, {', '.join(aggregates)} "
+                "from features group by symbol")
+    try:
+        per_symbol = con.execute("select * from _catalog_per_symbol order by symbol").fetchall()
+        warmup: dict[int, int] = {}
+        if columns:
+            firsts = ", ".join(f"f_{k}" for k in range(len(columns)))
+            for name, bars in con.execute(
+                f"""
+                with firsts as (
+                    -- (symbol, f_k, its first non-NULL ts); a column NULL in every row of a symbol has none
+                    unpivot (select symbol, {firsts} from _catalog_per_symbol) on {firsts} into name k value first_ts
+                ),
+                bars as (
+                    select symbol, ts, row_number() over (partition by symbol order by ts) - 1 as bars_before
+                    from features
+                )
+                select f.k, max(b.bars_before) from firsts as f join bars as b on b.symbol = f.symbol and b.ts = f.first_ts
+                group by f.k
+                """
+            ).fetchall():
+                warmup[int(name.removeprefix("f_"))] = bars
+    finally:
+        con.execute("drop table if exists _catalog_per_symbol")
 
     total = sum(row[1] for row in per_symbol)
     nonnull = [0] * len(columns)
-    warmup: list[int | None] = [None] * len(columns)
     without_minutes = []
     for row in per_symbol:
         symbol, counts = row[0], row[2:-1]
         for k in range(len(columns)):
             nonnull[k] += counts[2 * k]
-            if counts[2 * k + 1] is not None:
-                warmup[k] = max(warmup[k] or 0, counts[2 * k + 1])
         if has_count and row[-1] == 0:
             without_minutes.append((symbol, sum(counts[2 * k] == 0 for k in range(len(columns)))))
     stats = {
-        c: {"null_share": (1 - nonnull[k] / total) if total else None, "warmup_bars": warmup[k]}
+        c: {"null_share": (1 - nonnull[k] / total) if total else None, "warmup_bars": warmup.get(k)}
         for k, c in enumerate(columns)
     }
     return stats, without_minutes

@@ -113,7 +113,9 @@ def split_rows(con, months: tuple[int, ...] | list[int]) -> list[pa.Table]:
     scalars from Python or numpy values, as a pyarrow filter by month would, imports pandas, about
     0.3 s the first time in a process.)"""
     wanted = ", ".join(str(int(m)) for m in months) or "null"
-    counts = dict(con.execute(f"select {MONTH_OF_BAR} as m, count(*) from task_rows where m in ({wanted}) group by m").fetchall())
+    # the month expression spelled out, not an alias: a task's own column could take the alias's name
+    counts = dict(con.execute(f"select {MONTH_OF_BAR}, count(*) from task_rows where {MONTH_OF_BAR} in ({wanted}) "
+                              "group by 1").fetchall())
     rows = con.execute(f"select * from task_rows where {MONTH_OF_BAR} in ({wanted}) "
                        f"order by {MONTH_OF_BAR}, symbol, ts").to_arrow_table()
     offsets, start = {}, 0
@@ -156,6 +158,8 @@ def write_month(rows: pa.Table, path: Path) -> None:
 # each task 20-50 ms on top of its connection (first-use set-up, fresh memory), 10-20% of a task.
 # A task's result does not depend on what the connection ran before: it is one thread, every
 # task creates and drops its own table, and file contents are never cached (`task_connection`).
+# The connection lives as long as its thread: a build's local pool ends with the build; a Dask
+# worker's thread keeps it, and the memory DuckDB holds, until the worker stops.
 _thread = threading.local()
 
 

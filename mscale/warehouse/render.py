@@ -118,8 +118,15 @@ def sql_literal(value: Any) -> str:
 
 
 class _QuietBytecodeCache(jinja2.FileSystemBytecodeCache):
-    """Jinja's cache of compiled templates on disk, keyed by each template's source (an edited
-    template is compiled afresh); a cache it cannot write is skipped, never an error."""
+    """Jinja's cache of compiled templates on disk, keyed by each template's name and checked
+    against its source (an edited template is compiled afresh); a cache file it cannot read or
+    write is skipped, never an error."""
+
+    def load_bytecode(self, bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except Exception:  # noqa: BLE001 - a damaged cache file: compile instead
+            bucket.reset()
 
     def dump_bytecode(self, bucket) -> None:
         try:
@@ -128,11 +135,17 @@ class _QuietBytecodeCache(jinja2.FileSystemBytecodeCache):
             pass
 
 
+_ENVIRONMENT_OPTIONS = dict(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
     """Compiling the templates is about 0.15 s of every process that renders them all (`mscale
-    features`); the cache, in a private folder of the user's temp directory, saves most of it."""
+    features`); the cache, in a private folder of the user's temp directory, saves most of it.
+    Its files are named for jinja's version and the environment's options too: compiled code
+    depends on them, and Jinja checks only the source."""
+    tag = hashlib.sha256(repr((jinja2.__version__, sorted((k, repr(v)) for k, v in _ENVIRONMENT_OPTIONS.items()))).encode())
     try:
-        return _QuietBytecodeCache()
+        return _QuietBytecodeCache(pattern=f"__mscale_{tag.hexdigest()[:12]}_%s.cache")
     except (OSError, RuntimeError):  # no usable temp directory
         return None
 
@@ -141,13 +154,8 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
 def environment(sql_dir: Path) -> jinja2.Environment:
     """The Jinja environment of `sql_dir`, one per folder and process: it keeps the compiled
     templates (compiling them is most of a render) and recompiles a template whose file changed."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(sql_dir)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-        bytecode_cache=_bytecode_cache(),
-    )
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(sql_dir)), bytecode_cache=_bytecode_cache(),
+                             **_ENVIRONMENT_OPTIONS)
     env.filters.update(sql_paths=sql_paths, sql_values=sql_values, sql_ts=sql_ts, sql_float=sql_float)
     return env
 
