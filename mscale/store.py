@@ -396,13 +396,14 @@ def write_klines(
     return result
 
 
-PRICES_AND_VOLUMES = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote")
+# the prices and volumes the features read (the taker-buy columns are stored, not used)
+PRICES_AND_VOLUMES = ("open", "high", "low", "close", "volume", "quote_volume")
 
 
 def _refuse_non_finite(table: pa.Table, origin: str | None) -> None:
-    """MscaleError, before any of `table` is written, when a price or volume is NaN or infinite:
-    a missing value is NULL, and the features' sums and z-scores cannot take the others. (An
-    import of several files stores them one by one: the files before this one stay stored.)"""
+    """MscaleError, before any of `table` is written, when a price or volume the features read is
+    NaN or infinite: a missing value is NULL, and the features' sums and z-scores cannot take the
+    others. (An import of several files stores them one by one: the files before this one stay.)"""
     for name in PRICES_AND_VOLUMES:
         bad = pc.fill_null(pc.invert(pc.is_finite(table.column(name))), False)
         n = pc.sum(bad.cast(pa.int64())).as_py() or 0
