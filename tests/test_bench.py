@@ -167,3 +167,26 @@ def test_profile_charges_each_operator_of_a_query_to_its_step_and_all_of_its_tim
     bf._charge_profile(profile, True, "ROWS BETWEEN 168 PRECEDING AND 1 PRECEDING", staged)
     assert staged[bf.WRITE] > 0 and staged[bf.LAG] > 0 and staged[bf.GROUP_BY] > 0
     assert sum(staged) == pytest.approx(json.loads(profile.read_text())["latency"], rel=1e-9)
+
+
+def test_the_core_only_query_gives_the_full_templates_core_columns(demo_market):
+    """The bench's core-only mode stops feat_min__buckets at its hour buckets (no trailing-week
+    volume reference, which no core column reads): the core columns must be the same bits as
+    the whole template's."""
+    from mscale.bench_features import CORE_COLUMNS, core_query
+    from mscale.store import list_shards
+    from mscale.warehouse import render as r
+    from mscale.warehouse.executors import run_queries
+
+    files = [s.path for s in list_shards(demo_market.market_dir, "1m")]
+    macros = (demo_market.sql_dir / r.MACROS_FILE).read_text()
+    core, whole = run_queries(macros, [core_query(demo_market, files), core_query(demo_market, files, core_only=False)])
+    assert core.num_rows > 4000 and core.column_names == ["symbol", "ts", *CORE_COLUMNS]
+    assert core.equals(whole)
+    # and it does not compute the trailing week's window
+    plans = []
+    for core_only in (True, False):
+        (plan,) = run_queries(macros, ["explain " + core_query(demo_market, files, core_only=core_only)])
+        plans.append(" ".join(plan.column("explain_value").to_pylist()).upper())
+    assert "PRECEDING" not in plans[0] and "PRECEDING" in plans[1]
+    assert plans[0].count("WINDOW") == plans[1].count("WINDOW") - 1  # the minutes' lag is the one left

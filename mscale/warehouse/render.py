@@ -180,6 +180,10 @@ class RenderParams:
     # False where the staged minutes only feed windows that order them themselves (the cached minute
     # buckets): the staging sort is then work done twice
     sort_staged: bool = True
+    # the feature bench's core-only mode: feat_min__buckets ends at its hour buckets (the CONTRACT §5
+    # core columns), without the trailing week's volume reference that only burst and pressure read
+    # (DuckDB computes a window whose columns nothing reads)
+    buckets_core_only: bool = False
     # the labels view ([labels] in mscale.toml; see LabelSettings)
     horizons: tuple[int, ...] = LabelSettings.horizons
     horizon: int = LabelSettings.horizon

@@ -115,4 +115,8 @@ final as (
     from volume_reference
 )
 
+{% if buckets_core_only -%}
+select symbol, to_timestamp(ts_ms // 1000) as ts, * exclude (symbol, ts_ms) from hour_buckets
+{% else -%}
 select * from final
+{% endif -%}
