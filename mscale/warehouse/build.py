@@ -407,12 +407,21 @@ def _month_of(index: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    parts = []
-    for p in sorted(paths):
-        st = p.stat()
-        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
-    return "|".join(parts)
+class _Fingerprints:
+    """A build's fingerprints of input files (name, size, modification time), each file stat'ed
+    once per build: a shard is an input of several blocks and minute-bucket months."""
+
+    def __init__(self) -> None:
+        self._of: dict[Path, str] = {}
+
+    def __call__(self, paths: list[Path]) -> str:
+        return "|".join(self._one(p) for p in sorted(paths))
+
+    def _one(self, path: Path) -> str:
+        if path not in self._of:
+            st = path.stat()
+            self._of[path] = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+        return self._of[path]
 
 
 def shards_by_month(market_dir: Path, interval: str) -> dict[str, dict[int, list[Path]]]:
@@ -553,13 +562,18 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
     unit_manifest: dict[tuple[str, int], tuple[str, dict]] = {}
     blocks: list[Block] = []
     wanted_of: dict[tuple[str, str], list[tuple[str, dict]]] = {}  # manifest entries a task brings up to date
+    fingerprint = _Fingerprints()
     for symbol in symbols:
         hours = hourly_shards[symbol]
         minutes = minute_shards.get(symbol, {})
-        # each month's minute buckets: the shards they read, and the manifest entry they need
+        # each month's minute buckets: the shards they read, and (for the blocks to compute) the
+        # manifest entry they need
         unit_inputs = {k: bucket_inputs(minutes, k, k) for k in minutes}
-        unit_wanted = {k: {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(sorted(set(w + b)))}
-                       for k, (w, b) in unit_inputs.items()}
+
+        def unit_wanted(k: int) -> dict:
+            window, before = unit_inputs[k]
+            return {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": fingerprint(sorted(set(window + before)))}
+
         for block in sorted({m // BLOCK_MONTHS for m in hours if in_range(m)}):
             first, last = block * BLOCK_MONTHS, block * BLOCK_MONTHS + BLOCK_MONTHS - 1
             start = warmup_start(first)
@@ -571,21 +585,22 @@ def materialise(cfg: Config, *, full: bool = False, executor: str | None = None,
             hourly_files = [p for k in span for p in hours.get(k, [])]
             # the minute shards the block's buckets read (its own minutes are among them)
             read = sorted({p for k in span if k in minutes for p in unit_inputs[k][0] + unit_inputs[k][1]})
-            wanted = {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": _fingerprint(read + hourly_files)}
+            wanted = {"sql": sql_hash, "layout": CACHE_LAYOUT, "inputs": fingerprint(read + hourly_files)}
             key = f"{symbol}/{block}"
-            params = block_params(base, symbol, first, last, minute_files, hourly_files)
             files = [cache_path(cfg, symbol, m) for m in out_months]
             result.latest = check_sample(cfg, base, symbol, out_months[-1], minutes, hours)
             if manifest.get(key) == wanted and all(f.exists() for f in files):
                 result.months_skipped += len(out_months)
                 continue
             result.computed.append(result.latest)
+            params = block_params(base, symbol, first, last, minute_files, hourly_files)
             bucket_files = []
             for k in (k for k in span if k in minutes):
                 unit_key = f"{symbol}/m{k}"
-                if (symbol, k) not in unit_manifest and (manifest.get(unit_key) != unit_wanted[k]
-                                                         or not bucket_path(cfg, symbol, k).exists()):
-                    unit_manifest[(symbol, k)] = (unit_key, unit_wanted[k])
+                if (symbol, k) not in unit_manifest:
+                    needed = unit_wanted(k)
+                    if manifest.get(unit_key) != needed or not bucket_path(cfg, symbol, k).exists():
+                        unit_manifest[(symbol, k)] = (unit_key, needed)
                 staged_unit = staging / bucket_path(cfg, symbol, k).relative_to(cfg.derived_dir)
                 bucket_files.append(staged_unit if (symbol, k) in unit_manifest else bucket_path(cfg, symbol, k))
             year, month = _month_of(first)
