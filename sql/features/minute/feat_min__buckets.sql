@@ -115,6 +115,8 @@ final as (
     from volume_reference
 )
 
+{# the feature bench's core-only mode (RenderParams.buckets_core_only): the CONTRACT §5 core
+    columns are all in hour_buckets; the volume reference above feeds only burst and pressure -#}
 {% if buckets_core_only -%}
 select symbol, to_timestamp(ts_ms // 1000) as ts, * exclude (symbol, ts_ms) from hour_buckets
 {% else -%}
