@@ -96,3 +96,14 @@ def demo_warehouse(tmp_path_factory) -> Path:
     write_demo(cfg, symbols=("BTCUSDT", "ETHUSDT"), start=date(2024, 1, 1), months=4, seed=5)
     build_features(cfg)
     return root
+
+
+def on_a_new_thread(block):
+    """`executors.build_block` on a thread of its own, so on a DuckDB connection no other task used
+    (a worker thread keeps its connection from task to task)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mscale.warehouse.executors import build_block
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(build_block, block).result()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import on_a_new_thread
 from mscale.errors import MscaleError
 from mscale.warehouse.executors import Block, build_block, split_rows, stage_rows, task_connection
 
@@ -86,13 +87,7 @@ def test_a_feature_column_may_have_any_name(tmp_path):
 def test_a_tasks_files_do_not_depend_on_what_its_connection_ran_before(tmp_path):
     """The same block alone on a fresh thread's connection, and after other tasks (one that failed,
     one with other rows) on the same connection: byte-identical files."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def on_fresh_thread(b: Block):
-        with ThreadPoolExecutor(max_workers=1) as pool:  # a new thread: a new connection
-            return pool.submit(build_block, b).result()
-
-    on_fresh_thread(block(tmp_path, (rows_sql(ROWS),), "alone"))
+    on_a_new_thread(block(tmp_path, (rows_sql(ROWS),), "alone"))
     with pytest.raises(MscaleError):
         build_block(block(tmp_path, ("select * from no_such_table",), "bad"))
     build_block(block(tmp_path, (rows_sql([("BTCUSDT", "2024-01-02 00:00:00+00", 9.0)]),), "other"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from conftest import make_config
+from conftest import make_config, on_a_new_thread
 from mscale.errors import MscaleError
 from mscale.warehouse.build import materialise
 from mscale.warehouse.executors import Block, BlockDone, build_block
@@ -149,14 +149,6 @@ def test_training_through_dask_gives_the_local_runs_results(demo_warehouse, clus
     folds_a = pacsv.read_csv(local.path / "folds.csv")
     folds_b = pacsv.read_csv(dask.path / "folds.csv")
     assert folds_a.equals(folds_b)  # the same models, so the same tuned thresholds and fold figures
-
-
-def on_a_new_thread(block: Block) -> BlockDone:
-    """`build_block` on a thread of its own, so on a connection no other task used."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(build_block, block).result()
 
 
 def test_the_cache_does_not_depend_on_the_connections_tasks_share(market, tmp_path):

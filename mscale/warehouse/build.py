@@ -283,10 +283,11 @@ def run_checks(con: duckdb.DuckDBPyConnection, sql_dir: Path, params: r.RenderPa
 # Checks of the live layers under the mart (each recomputes its layer from the minutes): run by
 # `mscale features` on a sample of blocks, each over its last month and the hours before it whose
 # minutes feed that month (`check_sample`), not over the whole history. They still catch a
-# duplicated key: every block runs the same SQL, so a key the SQL duplicates (a join that fans out, a lost dedupe) shows in any block; and whatever
-# duplicate reaches the published features, from any layer or block, is caught over every cached
-# row by chk_features__unique_key, which runs on the cache (as do the grid and order checks). The
-# alignment check compares the sampled blocks' cached rows with their minutes.
+# duplicated key: every block runs the same SQL, so a key the SQL duplicates (a join that fans
+# out, a lost dedupe) shows in any block; and whatever duplicate reaches the published features,
+# from any layer or block, is caught over every cached row by chk_features__unique_key, which runs
+# on the cache (as do the grid and order checks). The alignment check compares the sampled blocks'
+# cached rows with their minutes.
 BLOCK_CHECKS = frozenset({"chk_features__alignment", "chk_features_hourly__unique_key", "chk_features_minute__unique_key",
                           "chk_fills__unique_key", "chk_klines_1m__unique_key", "chk_labels__unique_key"})
 # the layers those checks read (the mart is a view over the block's cached files): a sampled block
